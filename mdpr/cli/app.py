@@ -1,0 +1,82 @@
+"""The typer application and the conventions every subcommand shares.
+
+Subcommand modules import ``command`` from here; heavy libraries (torch, h5py) are imported
+inside the command functions so that ``mdpr --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from mdpr import __version__
+from mdpr.errors import MdprError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="mdpr",
+    help="Person re-identification with MDPR: prepare datasets, train, evaluate, index and search.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Exit status for a user error (bad input); typer's own usage errors also exit with 2.
+USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """Print one red sentence on stderr and exit with the user-error status."""
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def command(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except MdprError as exc:
+                fail(str(exc))
+            except KeyboardInterrupt:
+                err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
+                raise typer.Exit(130) from None
+
+        app.command(name, **kwargs)(guarded)
+        return fn
+
+    return decorate
+
+
+def print_json(obj: Any) -> None:
+    """Print exactly one JSON object on stdout (no rich markup, no wrapping)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"mdpr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Person re-identification with MDPR: prepare datasets, train, evaluate, index and search."""
