@@ -68,6 +68,7 @@ class DataLoaderConfig:
     num_instances: int = 16  #: images per identity in a PK batch
     num_workers: int = 4
     test_batch_size: int = 128
+    steps_per_epoch: int = 0  #: optimisation steps per epoch; 0 = len(train) // batch_size (fast-reid)
 
 
 @dataclass
@@ -97,6 +98,9 @@ class SolverConfig:
     gamma: float = 0.1
     amp: bool = True  #: mixed precision (used on GPU only)
     grad_clip: float = 0.0
+    #: split every step's batch into this many identity-aligned chunks, forward/backward them one after
+    #: another and average the gradients: what that many DDP processes compute, on one device
+    grad_accumulation: int = 1
 
 
 @dataclass

@@ -1,11 +1,19 @@
 """Image transforms. Tensors stay on the 0..255 scale (fast-reid's convention); the model normalises.
 
 Test-time: resize to ``input.size_test`` with the configured interpolation, then to a float CHW tensor.
+
+Train-time (fast-reid's order): [AutoAugment] -> resize to ``input.size_train`` -> pad + random crop ->
+horizontal flip -> tensor -> random erasing, then :class:`RandomPatch` over the images of a batch chunk.
+Every random choice comes from a per-image seed handed out by the sampler (never from global or
+per-worker RNG state), so the augmented pixels are the same for any number of DataLoader workers and
+after an interrupted run is resumed.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+import math
+import random
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -56,3 +64,146 @@ class TestTransform:
 def build_test_transform(cfg: InputConfig) -> Callable[[Image.Image], torch.Tensor]:
     """The evaluation / extraction preprocessing described by ``cfg``."""
     return TestTransform(cfg.size_test, cfg.interpolation)
+
+
+class RandomErasing:
+    """Erase one random rectangle with probability ``prob`` (torchvision's RandomErasing, as fast-reid
+    applies it after its 0..255 ToTensor: area 2-33 %, aspect 0.3-3.3, filled with ``value`` per channel)."""
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        value: Sequence[float] = (123.675, 116.28, 103.53),
+        scale: Tuple[float, float] = (0.02, 0.33),
+        ratio: Tuple[float, float] = (0.3, 3.3),
+    ) -> None:
+        self.prob = float(prob)
+        self.value = tuple(float(v) for v in value)
+        self.scale = scale
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if rng.random() >= self.prob:
+            return img
+        _, height, width = img.shape
+        area = height * width
+        for _ in range(10):
+            erase_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*self.log_ratio))
+            h = int(round(math.sqrt(erase_area * aspect)))
+            w = int(round(math.sqrt(erase_area / aspect)))
+            if not (h < height and w < width):
+                continue
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            img[:, top : top + h, left : left + w] = torch.tensor(self.value, dtype=img.dtype).view(-1, 1, 1)
+            return img
+        return img
+
+
+class RandomPatch:
+    """Occlusion by pasting a patch cut from another person image (fast-reid's / OSNet's RandomPatch).
+
+    fast-reid keeps a rolling pool of the last 1000 patches per DataLoader worker (active after 100);
+    here the pool is the current chunk of the batch (one patch cut from each image, after random
+    erasing, as there), which needs no state across batches and therefore stays exactly reproducible.
+    Each image then receives, with probability ``prob``, a randomly chosen pool patch (mirrored with
+    probability 0.5) at a random position. Patch area 1-50 % of the image, aspect 0.1-10.
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        min_area: float = 0.01,
+        max_area: float = 0.5,
+        min_ratio: float = 0.1,
+        flip_prob: float = 0.5,
+    ) -> None:
+        self.prob = float(prob)
+        self.min_area = min_area
+        self.max_area = max_area
+        self.min_ratio = min_ratio
+        self.flip_prob = flip_prob
+
+    def _patch_size(self, width: int, height: int, rng: random.Random) -> Optional[Tuple[int, int]]:
+        area = width * height
+        for _ in range(100):
+            target = rng.uniform(self.min_area, self.max_area) * area
+            aspect = rng.uniform(self.min_ratio, 1.0 / self.min_ratio)
+            h = int(round(math.sqrt(target * aspect)))
+            w = int(round(math.sqrt(target / aspect)))
+            if 0 < w < width and 0 < h < height:
+                return w, h
+        return None
+
+    def __call__(self, images: List[torch.Tensor], rng: random.Random) -> List[torch.Tensor]:
+        """Augment ``images`` (same-sized CHW tensors) in place and return them."""
+        if self.prob <= 0 or not images:
+            return images
+        pool: List[torch.Tensor] = []
+        for img in images:
+            _, height, width = img.shape
+            size = self._patch_size(width, height, rng)
+            if size is not None:
+                w, h = size
+                x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+                pool.append(img[:, y : y + h, x : x + w].clone())
+        if not pool:
+            return images
+        for img in images:
+            if rng.random() >= self.prob:
+                continue
+            patch = pool[rng.randrange(len(pool))]
+            if rng.random() < self.flip_prob:
+                patch = torch.flip(patch, dims=[2])
+            _, ph, pw = patch.shape
+            _, height, width = img.shape
+            x, y = rng.randint(0, width - pw), rng.randint(0, height - ph)
+            img[:, y : y + ph, x : x + pw] = patch
+        return images
+
+
+class TrainTransform:
+    """One image's training augmentation, driven by an explicit ``random.Random``. Picklable."""
+
+    def __init__(self, cfg: InputConfig) -> None:
+        self.size = (int(cfg.size_train[0]), int(cfg.size_train[1]))
+        self.interpolation = cfg.interpolation
+        self._mode = interpolation_mode(cfg.interpolation)
+        self.flip_prob = float(cfg.flip_prob)
+        self.padding = int(cfg.padding)
+        self.autoaug_prob = float(cfg.autoaug_prob)
+        self.erasing = RandomErasing(cfg.random_erasing_prob, cfg.pixel_mean) if cfg.random_erasing_prob > 0 else None
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        if self.autoaug_prob > 0 and rng.random() < self.autoaug_prob:
+            img = _auto_augment(img, rng.getrandbits(63))
+        height, width = self.size
+        if img.size != (width, height):
+            img = TF.resize(img, [height, width], interpolation=self._mode, antialias=True)
+        if self.padding > 0:
+            # pad with zeros then crop back to size == shift by up to `padding` pixels (PIL fills with 0)
+            dy = rng.randint(0, 2 * self.padding) - self.padding
+            dx = rng.randint(0, 2 * self.padding) - self.padding
+            if dx or dy:
+                img = img.crop((dx, dy, dx + width, dy + height))
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tensor = to_tensor_255(img)
+        if self.erasing is not None:
+            tensor = self.erasing(tensor, rng)
+        return tensor
+
+
+def _auto_augment(img: Image.Image, seed: int) -> Image.Image:
+    # torchvision's AutoAugment draws from torch's global RNG: fork it so the seed stays local.
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoAugment(AutoAugmentPolicy.IMAGENET)(img)
+
+
+def build_train_transform(cfg: InputConfig) -> TrainTransform:
+    """The per-image training augmentation described by ``cfg`` (see :class:`TrainTransform`)."""
+    return TrainTransform(cfg)
