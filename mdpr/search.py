@@ -1,0 +1,266 @@
+"""Exact nearest-neighbour search of probe features against a gallery (a feature store or an in-memory index).
+
+The gallery is scanned once, block by block (bounded memory), whatever the number of probes: each
+block is converted to float32 in a small reusable buffer, multiplied with all probes at once, and a
+running top-k is kept. On disk, blocks are memory-mapped chunks that the kernel reads ahead while the
+previous block is being multiplied (see :meth:`mdpr.store.FeatureStore.scan`).
+
+Distances: ``cosine`` (default) is ``1 - cos(q, g)`` in [0, 2], correct whether the store holds
+L2-normalised features or raw ones (then the gallery norms are computed on the fly); ``euclidean`` is
+``||q - g||`` on the features as stored. Ties are broken by row index, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from mdpr.errors import MdprError
+from mdpr.store import FeatureStore
+
+METRICS = ("cosine", "euclidean")
+#: Upper bound on the memory of the block-by-probe score buffer.
+SCORE_BUFFER_BYTES = 64 << 20
+#: Rows per block when the gallery is already in memory.
+MEMORY_BLOCK_ROWS = 1 << 16
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SearchResult:
+    """Per probe, the ``top_k`` gallery rows from nearest to farthest."""
+
+    indices: np.ndarray  #: (Q, k) int64 row numbers in the gallery
+    distances: np.ndarray  #: (Q, k) float32
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+class GalleryIndex:
+    """Gallery features held in memory for repeated searches (a tracker querying many times).
+
+    ``dtype=np.float32`` (default) makes a search cost about one matrix-vector product; float16
+    halves the memory and costs a conversion per block.
+    """
+
+    def __init__(self, features: Any, normalized: bool = False, dtype: Any = np.float32) -> None:
+        feats = np.asarray(features)
+        if feats.ndim != 2:
+            raise MdprError(f"Gallery features must be an (N, D) array, got shape {feats.shape}.")
+        self.features = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.dtype(dtype)))
+        self.normalized = bool(normalized)
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, dtype: Any = np.float32) -> GalleryIndex:
+        """Load a store's features into memory (``len(store) * dim * itemsize`` bytes)."""
+        return cls(store.read_features(dtype=dtype), normalized=store.normalized, dtype=dtype)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def blocks(self) -> Iterable[Tuple[int, Any]]:
+        for start in range(0, len(self), MEMORY_BLOCK_ROWS):
+            yield start, self.features[start : start + MEMORY_BLOCK_ROWS]
+
+
+Gallery = Union[FeatureStore, GalleryIndex, np.ndarray]
+
+
+def search(
+    gallery: Gallery,
+    probes: Any,
+    top_k: int = 10,
+    metric: str = "cosine",
+    *,
+    rerank: bool = False,
+    rerank_pool: int = 100,
+    progress: Optional[Progress] = None,
+) -> SearchResult:
+    """The ``top_k`` nearest gallery rows for each probe feature ((D,) or (Q, D)).
+
+    ``gallery`` is a :class:`~mdpr.store.FeatureStore` (scanned from disk in chunks), a
+    :class:`GalleryIndex`, or an (N, D) array of raw features. ``rerank=True`` re-orders, per probe,
+    the ``rerank_pool`` nearest rows with k-reciprocal re-ranking (:func:`mdpr.evaluation.re_rank`);
+    the distances are then the re-ranked ones.
+    """
+    if metric not in METRICS:
+        raise MdprError(f"Unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
+    if isinstance(gallery, np.ndarray):
+        gallery = GalleryIndex(gallery, normalized=False)
+    q = np.asarray(probes, dtype=np.float32)
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    if q.ndim != 2 or q.shape[1] != gallery.dim:
+        raise MdprError(f"Probe features must be (Q, {gallery.dim}) to match the gallery, got shape {q.shape}.")
+    if not np.all(np.isfinite(q)):
+        raise MdprError("Probe features contain NaN or infinity; check the model and the probe images.")
+    top_k = int(top_k)
+    if top_k < 1:
+        raise MdprError(f"--top-k must be at least 1, not {top_k}.")
+    n = len(gallery)
+    if n == 0 or q.shape[0] == 0:
+        return SearchResult(np.zeros((q.shape[0], 0), np.int64), np.zeros((q.shape[0], 0), np.float32))
+    pool = max(top_k, int(rerank_pool)) if rerank else top_k
+    normalized = bool(gallery.normalized)
+    blocks = gallery.scan() if isinstance(gallery, FeatureStore) else gallery.blocks()
+    indices, distances = _exact_topk(blocks, q, min(pool, n), n, metric, normalized, progress)
+    if rerank:
+        indices, distances = _rerank(gallery, q, indices, metric, min(top_k, n))
+    return SearchResult(indices, distances)
+
+
+def _exact_topk(
+    blocks: Iterable[Tuple[int, Any]],
+    probes: np.ndarray,
+    k: int,
+    total: int,
+    metric: str,
+    normalized: bool,
+    progress: Optional[Progress],
+) -> Tuple[np.ndarray, np.ndarray]:
+    num_probes, dim = probes.shape
+    p = torch.from_numpy(probes)
+    if metric == "cosine":
+        p = p / p.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pt = p.t().contiguous()  # (D, Q)
+    # Scores: higher is nearer. cosine: q.g (/|g| when raw); euclidean: 2 q.g - |g|^2 (= |q|^2 - d^2).
+    rows_cap = max(1, min(total, SCORE_BUFFER_BYTES // (4 * num_probes)))
+    scores = torch.empty((rows_cap, num_probes), dtype=torch.float32)
+    best_s = torch.empty((0, num_probes), dtype=torch.float32)
+    best_i = torch.empty((0, num_probes), dtype=torch.int64)
+    buf_start, filled = 0, 0
+    convert: Optional[torch.Tensor] = None
+    done = 0
+
+    def flush() -> None:
+        nonlocal best_s, best_i, buf_start, filled
+        if filled == 0:
+            return
+        s, i = torch.topk(scores[:filled], min(k, filled), dim=0)
+        best_s = torch.cat([best_s, s])
+        best_i = torch.cat([best_i, i + buf_start])
+        if best_s.shape[0] > k:
+            best_s, pos = torch.topk(best_s, k, dim=0)
+            best_i = torch.gather(best_i, 0, pos)
+        buf_start += filled
+        filled = 0
+
+    with torch.inference_mode():
+        for start, block in blocks:
+            b = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
+            rows = int(b.shape[0])
+            if b.dtype != torch.float32:
+                if convert is None or convert.shape[0] < rows:
+                    convert = torch.empty((rows, dim), dtype=torch.float32)
+                convert[:rows].copy_(b)
+                b = convert[:rows]
+            if start != buf_start + filled or filled + rows > rows_cap:
+                flush()
+                buf_start = start
+            # A block may be bigger than the buffer (tiny rows_cap with many probes): split it.
+            for off in range(0, rows, rows_cap):
+                part = b[off : off + rows_cap]
+                m = int(part.shape[0])
+                if filled + m > rows_cap:
+                    flush()
+                    buf_start = start + off
+                out = scores[filled : filled + m]
+                torch.mm(part, pt, out=out)
+                if metric == "cosine" and not normalized:
+                    out.div_(part.norm(dim=1, keepdim=True).clamp_min(1e-12))
+                elif metric == "euclidean":
+                    sq = (part * part).sum(dim=1, keepdim=True) if not normalized else 1.0
+                    out.mul_(2.0).sub_(sq)
+                filled += m
+            done += rows
+            if progress is not None:
+                progress(done, total)
+        flush()
+    values = best_s.t().numpy().astype(np.float64)
+    idx = best_i.t().numpy()
+    if metric == "cosine":
+        dist = 1.0 - values
+    else:
+        q2 = (probes.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
+        dist = np.sqrt(np.maximum(q2 - values, 0.0))
+    return _sorted(idx, dist)
+
+
+def _sorted(idx: np.ndarray, dist: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (distance, index) so that ties are deterministic."""
+    out_i = np.empty_like(idx, dtype=np.int64)
+    out_d = np.empty(dist.shape, dtype=np.float32)
+    for r in range(idx.shape[0]):
+        order = np.lexsort((idx[r], dist[r]))
+        out_i[r] = idx[r][order]
+        out_d[r] = dist[r][order]
+    return out_i, out_d
+
+
+def _rows(gallery: Union[FeatureStore, GalleryIndex], indices: np.ndarray) -> np.ndarray:
+    if isinstance(gallery, FeatureStore):
+        return gallery.read_features(dtype=np.float32, rows=indices)
+    return gallery.features[torch.from_numpy(np.asarray(indices, dtype=np.int64))].float().numpy()
+
+
+def _rerank(
+    gallery: Union[FeatureStore, GalleryIndex],
+    probes: np.ndarray,
+    candidates: np.ndarray,
+    metric: str,
+    top_k: int,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """k-reciprocal re-ranking of each probe's candidate pool; returns the new top_k."""
+    from mdpr.evaluation import re_rank
+
+    out_i = np.empty((probes.shape[0], top_k), dtype=np.int64)
+    out_d = np.empty((probes.shape[0], top_k), dtype=np.float32)
+    for r in range(probes.shape[0]):
+        cand = candidates[r]
+        gf = _rows(gallery, cand)
+        qf = probes[r : r + 1]
+        dist = np.asarray(re_rank(qf, gf, metric=metric), dtype=np.float64).reshape(-1)
+        order = np.lexsort((cand, dist))[:top_k]
+        out_i[r] = cand[order]
+        out_d[r] = dist[order]
+    return out_i, out_d
+
+
+def ranked_results(store: FeatureStore, result: SearchResult, resolve: bool = True) -> List[List[Dict[str, Any]]]:
+    """Per probe, ``[{"rank", "path", "distance", "pid", "camid"}, ...]`` (pid/camid None when unknown).
+
+    ``resolve=True`` gives absolute paths (joined to the store's root); otherwise paths as stored.
+    """
+    flat = result.indices.reshape(-1)
+    paths = store.paths_at(flat) if flat.size else []
+    pids = store.pids
+    camids = store.camids
+    out: List[List[Dict[str, Any]]] = []
+    pos = 0
+    for r in range(result.indices.shape[0]):
+        rows = []
+        for rank, (idx, dist) in enumerate(zip(result.indices[r], result.distances[r]), start=1):
+            path = paths[pos]
+            pos += 1
+            pid, camid = int(pids[idx]), int(camids[idx])
+            rows.append({
+                "rank": rank,
+                "path": str(store.resolve(path)) if resolve else path,
+                "distance": round(float(dist), 6),
+                "pid": pid if pid >= 0 else None,
+                "camid": camid if camid >= 0 else None,
+            })
+        out.append(rows)
+    return out
+
+
+__all__ = ["METRICS", "GalleryIndex", "SearchResult", "ranked_results", "search"]

@@ -1,0 +1,163 @@
+"""Pictures drawn with Pillow (no matplotlib at run time).
+
+Ranked lists: one row per probe, the probe on the left, then its top-k gallery images with rank and
+distance; borders are green / red when the gallery identity matches / does not match the probe's
+(grey when either is unknown). Each tile may carry an ``overlay`` callable applied to the decoded
+image before it is shrunk to a thumbnail, which is where attention maps or other annotations plug in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+ImageSource = Union[str, Path, Image.Image, None]
+Overlay = Callable[[Image.Image], Image.Image]
+
+MATCH = (0, 170, 60)
+MISMATCH = (220, 30, 30)
+UNKNOWN = (170, 170, 170)
+PROBE = (30, 90, 200)
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+PLACEHOLDER = (225, 225, 225)
+
+BORDER = 4  #: px of coloured frame around each thumbnail
+GAP = 6  #: px between gallery tiles
+SEPARATOR = 24  #: px between the probe and its first result
+MARGIN = 10  #: px around the picture
+ROW_GAP = 14  #: px between probes
+LINE_HEIGHT = 13  #: px per caption line
+CAPTION_LINES = 2
+
+
+@dataclass
+class Tile:
+    """One picture in a ranked list."""
+
+    image: ImageSource  #: path, PIL image, or None (drawn as a grey placeholder)
+    lines: Tuple[str, ...] = ()  #: caption, up to two short lines
+    color: Tuple[int, int, int] = UNKNOWN  #: border colour
+    overlay: Optional[Overlay] = None  #: applied to the full-size RGB image before thumbnailing
+
+
+@dataclass
+class RankedRow:
+    probe: Tile
+    results: List[Tile]
+
+
+def match_color(probe_pid: Optional[int], gallery_pid: Optional[int]) -> Tuple[int, int, int]:
+    """Green when both identities are known and equal, red when known and different, grey otherwise."""
+    if probe_pid is None or gallery_pid is None or probe_pid < 0 or gallery_pid < 0:
+        return UNKNOWN
+    return MATCH if probe_pid == gallery_pid else MISMATCH
+
+
+def ranked_list_size(num_rows: int, num_results: int, thumb_size: Tuple[int, int] = (128, 64)) -> Tuple[int, int]:
+    """``(width, height)`` in pixels of :func:`draw_ranked_lists` output for this many rows and results."""
+    cell_w, cell_h = _cell(thumb_size)
+    width = 2 * MARGIN + cell_w + (SEPARATOR + num_results * cell_w + max(0, num_results - 1) * GAP if num_results else 0)
+    height = 2 * MARGIN + num_rows * cell_h + max(0, num_rows - 1) * ROW_GAP
+    return width, height
+
+
+def draw_ranked_lists(rows: Sequence[RankedRow], thumb_size: Tuple[int, int] = (128, 64)) -> Image.Image:
+    """The ranked-list picture for ``rows`` (thumbnails are ``thumb_size`` = (height, width) pixels)."""
+    num_results = max((len(r.results) for r in rows), default=0)
+    width, height = ranked_list_size(len(rows), num_results, thumb_size)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    cell_w, cell_h = _cell(thumb_size)
+    y = MARGIN
+    for row in rows:
+        x = MARGIN
+        _paste_tile(canvas, draw, font, row.probe, x, y, thumb_size)
+        x += cell_w + SEPARATOR
+        for tile in row.results:
+            _paste_tile(canvas, draw, font, tile, x, y, thumb_size)
+            x += cell_w + GAP
+        y += cell_h + ROW_GAP
+    return canvas
+
+
+def _cell(thumb_size: Tuple[int, int]) -> Tuple[int, int]:
+    h, w = thumb_size
+    return w + 2 * BORDER, h + 2 * BORDER + CAPTION_LINES * LINE_HEIGHT + 2
+
+
+def _thumbnail(tile: Tile, thumb_size: Tuple[int, int]) -> Image.Image:
+    h, w = thumb_size
+    img: Optional[Image.Image] = None
+    if isinstance(tile.image, Image.Image):
+        img = tile.image.convert("RGB")
+    elif tile.image is not None:
+        try:
+            with Image.open(tile.image) as src:
+                img = src.convert("RGB")
+        except (OSError, ValueError, SyntaxError):
+            img = None
+    if img is None:
+        thumb = Image.new("RGB", (w, h), PLACEHOLDER)
+        d = ImageDraw.Draw(thumb)
+        d.line((0, 0, w, h), fill=UNKNOWN)
+        d.line((0, h, w, 0), fill=UNKNOWN)
+        return thumb
+    if tile.overlay is not None:
+        img = tile.overlay(img).convert("RGB")
+    return ImageOps.pad(img, (w, h), method=Image.Resampling.BICUBIC, color=BACKGROUND)
+
+
+def _paste_tile(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont,
+    tile: Tile,
+    x: int,
+    y: int,
+    thumb_size: Tuple[int, int],
+) -> None:
+    h, w = thumb_size
+    draw.rectangle((x, y, x + w + 2 * BORDER - 1, y + h + 2 * BORDER - 1), fill=tile.color)
+    canvas.paste(_thumbnail(tile, thumb_size), (x + BORDER, y + BORDER))
+    ty = y + h + 2 * BORDER + 1
+    for line in tile.lines[:CAPTION_LINES]:
+        text = _fit(draw, font, line, w + 2 * BORDER)
+        tw = draw.textlength(text, font=font)
+        draw.text((x + (w + 2 * BORDER - tw) / 2, ty), text, fill=TEXT, font=font)
+        ty += LINE_HEIGHT
+
+
+def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width: int) -> str:
+    """Shorten ``text`` with an ellipsis until it fits in ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "..", font=font) > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def save_ranked_lists(rows: Sequence[RankedRow], path: Union[str, Path], thumb_size: Tuple[int, int] = (128, 64)) -> Path:
+    """Draw and save as PNG (or any format Pillow infers from the suffix); returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_ranked_lists(rows, thumb_size).save(out)
+    return out
+
+
+__all__ = [
+    "MATCH",
+    "PROBE",
+    "MISMATCH",
+    "UNKNOWN",
+    "RankedRow",
+    "Tile",
+    "draw_ranked_lists",
+    "match_color",
+    "ranked_list_size",
+    "save_ranked_lists",
+]
