@@ -7,6 +7,8 @@ from mdpr.cli.app import app
 # Importing a module registers its subcommand(s). Only subcommands that really work are listed.
 # (Keep this list sorted by the order users meet the commands.)
 _COMMANDS = [
+    "prepare",
+    "export",
 ]
 
 for _name in _COMMANDS:
