@@ -123,7 +123,7 @@ def test_sparse_neighbours_match_a_full_sort(monkeypatch):
     rng = np.random.default_rng(3)
     monkeypatch.setattr(rerank_module, "_BLOCK_ROWS", 9)
     x = _clustered(rng, 40)
-    nb = rerank_module._nearest_neighbours(x, 7)
+    nb = rerank_module._nearest_neighbours(x, 7, row_max=True)
     d2 = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(nb.index, np.argsort(d2, axis=1, kind="stable")[:, :7])
     np.testing.assert_allclose(nb.row_max, d2.max(1), rtol=1e-5)

@@ -16,9 +16,9 @@ from mdpr.errors import MdprError
 EXAMPLES = """
 [bold]Examples[/]
 
-  mdpr evaluate --dataset demo --weights runs/demo/model_final.pt
+  mdpr evaluate --dataset demo --weights runs/demo/model.pt
   mdpr evaluate --dataset market1501 --weights market_mdpr.pth --rerank --aqe --json
-  mdpr evaluate --dataset demo --weights runs/demo/model_final.pt --save-features feats/demo
+  mdpr evaluate --dataset demo --weights runs/demo/model.pt --save-features feats/demo
   mdpr evaluate --query-features feats/demo/query.h5 --gallery-features feats/demo/gallery.h5 --metric euclidean
   mdpr evaluate --query-features q.h5 --gallery-features g.h5 --rerank --rerank-method zhong
   mdpr evaluate --query-features q.h5 --gallery-features g.h5 --no-cross-camera-only --ap trapezoid
@@ -107,8 +107,6 @@ def _extract(dataset: str, weights: Path, flip: bool, device: str, batch_size: i
             f"Dataset '{manifest.name}' has {len(manifest.query)} query and {len(manifest.gallery)} gallery images; "
             "evaluation needs both (prepare a dataset with a query/gallery split)."
         )
-    if not Path(weights).exists():
-        raise MdprError(f"Weights file {weights} does not exist; pass a checkpoint written by `mdpr train` or an official one.")
     extractor = FeatureExtractor(str(weights), device=device, batch_size=batch_size, flip=flip)
     sides = []
     for name, records in (("query", manifest.query), ("gallery", manifest.gallery)):

@@ -70,6 +70,12 @@ class _Sparse:
         return np.repeat(np.arange(self.ptr.size - 1), np.diff(self.ptr))
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` for integer codes by one sort (faster than numpy's hash path here)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if values.size else values
+
+
 def _expand_segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + l)`` for each (s, l) pair, without a Python loop."""
     total = int(lengths.sum())
@@ -95,8 +101,9 @@ class _BlockDistances:
         import torch
 
         out = self.buffer[: (b - a) * (e - c)].view(b - a, e - c)
-        torch.mm(self.x[a:b], self.x[c:e].T, out=out)
-        return out.mul_(-2.0).add_(self.sq[c:e][None, :]).add_(self.sq[a:b][:, None])
+        # |x|^2 + |y|^2 - 2 x.y, with the |y|^2 row folded into the product (one pass fewer)
+        torch.addmm(self.sq[c:e].expand(b - a, e - c), self.x[a:b], self.x[c:e].T, beta=1.0, alpha=-2.0, out=out)
+        return out.add_(self.sq[a:b][:, None])
 
     def full_rows(self, rows: np.ndarray, block_index: int) -> np.ndarray:
         """Whole rows (all N columns) for rows inside one row block, from the same block products."""
@@ -112,11 +119,74 @@ class _BlockDistances:
         return np.concatenate(parts, axis=1)
 
 
+class _RunningTopK:
+    """The ``keep`` smallest (distance, index) offers seen so far for every row (unordered)."""
+
+    def __init__(self, n: int, keep: int) -> None:
+        self.keep = keep
+        self.values = np.full((n, keep), np.inf, dtype=np.float32)
+        self.index = np.full((n, keep), -1, dtype=np.int64)
+        self.bound = np.full(n, np.inf, dtype=np.float32)  # largest kept value of each row
+
+    def offer(self, rows: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+        """Merge candidate neighbours (``rows[m]`` gets ``index[m]`` at ``values[m]``)."""
+        if rows.size == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows, index, values = rows[order], index[order], values[order]
+        targets, starts, counts = np.unique(rows, return_index=True, return_counts=True)
+        slot = np.arange(rows.size) - np.repeat(starts, counts)
+        owner = np.repeat(np.arange(targets.size), counts)
+        width = self.keep + int(counts.max())
+        cand_val = np.full((targets.size, width), np.inf, dtype=np.float32)
+        cand_idx = np.full((targets.size, width), -1, dtype=np.int64)
+        cand_val[:, : self.keep], cand_idx[:, : self.keep] = self.values[targets], self.index[targets]
+        cand_val[owner, self.keep + slot], cand_idx[owner, self.keep + slot] = values, index
+        pick = np.argpartition(cand_val, self.keep - 1, axis=1)[:, : self.keep]
+        self.values[targets] = np.take_along_axis(cand_val, pick, 1)
+        self.index[targets] = np.take_along_axis(cand_idx, pick, 1)
+        self.bound[targets] = self.values[targets].max(1)
+
+    def offer_block(self, dist: np.ndarray, row0: int, col0: int, transposed: bool) -> None:
+        """Offer a block: ``dist[r, c]`` is the distance between ``row0 + r`` and ``col0 + c``.
+
+        With ``transposed`` the block feeds the rows ``col0 + c`` instead. Once a row holds
+        ``keep`` offers only values below its current bound can enter, usually a handful per block,
+        so a comparison pass replaces a full selection.
+        """
+        width = dist.shape[1]
+        targets = slice(col0, col0 + width) if transposed else slice(row0, row0 + dist.shape[0])
+        bound = self.bound[targets]
+        if np.isinf(bound).any():  # rows still filling up: take each one's smallest keep values
+            import torch
+
+            axis = 0 if transposed else 1
+            take = min(self.keep, dist.shape[axis])
+            values, pick = torch.topk(torch.from_numpy(dist), take, dim=axis, largest=False, sorted=False)
+            values, pick = values.numpy(), pick.numpy()
+            if transposed:
+                rows = np.broadcast_to(np.arange(col0, col0 + width)[None, :], pick.shape)
+                index = pick + row0
+            else:
+                rows = np.broadcast_to(np.arange(row0, row0 + dist.shape[0])[:, None], pick.shape)
+                index = pick + col0
+            self.offer(rows.ravel(), index.ravel(), values.ravel())
+            return
+        flat = np.flatnonzero(dist < (bound[None, :] if transposed else bound[:, None]))
+        r = flat // width
+        c = flat - r * width
+        if transposed:
+            self.offer(col0 + c, row0 + r, dist.reshape(-1)[flat])
+        else:
+            self.offer(row0 + r, col0 + c, dist.reshape(-1)[flat])
+
+
 def _nearest_neighbours(
     features: np.ndarray,
     k: int,
     *,
-    sink: Optional[Callable[[int, int, int, int, Any], None]] = None,
+    sink: Optional[Callable[[int, int, int, int, np.ndarray], None]] = None,
+    row_max: bool = False,
     block_rows: int = _BLOCK_ROWS,
     progress: Optional[Progress] = None,
 ) -> _Neighbours:
@@ -124,7 +194,8 @@ def _nearest_neighbours(
 
     Each block (I, J >= I) of the distance matrix is computed once and feeds the running top-k of
     rows I and, transposed, of rows J. ``sink(a, b, c, e, block)`` sees every block, e.g. to copy
-    query x gallery distances into an output.
+    query x gallery distances into an output. ``row_max`` also tracks each row's largest distance
+    (NaN otherwise).
     """
     import torch
 
@@ -132,17 +203,8 @@ def _nearest_neighbours(
     k = min(k, n)
     keep = min(n, k + _EXTRA_NEIGHBOURS)
     blocks = _BlockDistances(torch.from_numpy(features), block_rows)
-    best_val = torch.full((n, keep), float("inf"))
-    best_idx = torch.full((n, keep), -1, dtype=torch.int64)
-    row_max = torch.full((n,), float("-inf"))
-
-    def merge(a: int, b: int, values: Any, index: Any) -> None:
-        values = torch.cat([best_val[a:b], values], 1)
-        index = torch.cat([best_idx[a:b], index], 1)
-        top, where = torch.topk(values, keep, dim=1, largest=False)
-        best_val[a:b] = top
-        best_idx[a:b] = torch.gather(index, 1, where)
-
+    best = _RunningTopK(n, keep)
+    largest = np.full(n, -np.inf if row_max else np.nan, dtype=np.float32)
     num_blocks = len(blocks.bounds) - 1
     total = num_blocks * (num_blocks + 1) // 2
     done = 0
@@ -150,21 +212,22 @@ def _nearest_neighbours(
         a, b = blocks.bounds[i], blocks.bounds[i + 1]
         for j in range(i, num_blocks):
             c, e = blocks.bounds[j], blocks.bounds[j + 1]
-            dist = blocks.block(a, b, c, e)
+            dist = blocks.block(a, b, c, e).numpy()
             if sink is not None:
                 sink(a, b, c, e, dist)
-            top, where = torch.topk(dist, min(keep, e - c), dim=1, largest=False)
-            merge(a, b, top, where + c)
-            row_max[a:b] = torch.maximum(row_max[a:b], dist.amax(1))
+            best.offer_block(dist, a, c, transposed=False)
+            if row_max:
+                np.maximum(largest[a:b], dist.max(1), out=largest[a:b])
             if j != i:
-                top, where = torch.topk(dist, min(keep, b - a), dim=0, largest=False)
-                merge(c, e, top.T, where.T + a)
-                row_max[c:e] = torch.maximum(row_max[c:e], dist.amax(0))
+                best.offer_block(dist, a, c, transposed=True)
+                if row_max:
+                    np.maximum(largest[c:e], dist.max(0), out=largest[c:e])
             done += 1
             if progress is not None:
                 progress("neighbours", done, total)
-
-    values, index = best_val.numpy(), best_idx.numpy()
+    order = np.lexsort((best.index, best.values), axis=1)  # nearest first, ties by index
+    values = np.take_along_axis(best.values, order, 1)
+    index = np.take_along_axis(best.index, order, 1)
     if keep > k:
         # Rows whose k-th and last kept distances are equal may have dropped a tied neighbour with
         # a smaller index: recompute them exactly (only duplicated features do this).
@@ -175,12 +238,10 @@ def _nearest_neighbours(
             for s in range(0, rows.size, 256):
                 batch = rows[s : s + 256]
                 full = blocks.full_rows(batch, int(block_index))
-                order = np.argsort(full, axis=1, kind="stable")[:, :keep]
-                values[batch], index[batch] = np.take_along_axis(full, order, 1), order
-    order = np.lexsort((index, values), axis=1)
-    index = np.take_along_axis(index, order, 1)[:, :k]
-    values = np.take_along_axis(values, order, 1)[:, :k]
-    return _Neighbours(index=index, dist=values, row_max=row_max.numpy())
+                exact = np.argsort(full, axis=1, kind="stable")[:, :keep]
+                values[batch], index[batch] = np.take_along_axis(full, exact, 1), exact
+    index, values = index[:, :k], values[:, :k]
+    return _Neighbours(index=index, dist=values, row_max=largest)
 
 
 def _reciprocal(index: np.ndarray, k: int) -> _Sparse:
@@ -210,7 +271,7 @@ def _expansion_codes(full: _Sparse, half: _Sparse, n: int) -> np.ndarray:
     shared = np.bincount(member_pair, weights=own_sorted[found] == probe, minlength=candidate.size)
     accepted = shared > 2.0 / 3.0 * half_len
     take = accepted[member_pair]
-    return np.unique(np.r_[own, pair_row[member_pair][take] * n + members[take]])
+    return _sorted_unique(np.r_[own, pair_row[member_pair][take] * n + members[take]])
 
 
 def _squared_distances(
@@ -372,7 +433,6 @@ def re_rank(
         metric: ``"cosine"`` L2-normalises the features first; ``"euclidean"`` uses them raw.
         progress: optional ``progress(stage, done, total)`` callback.
     """
-    import torch
 
     if method not in METHODS:
         raise MdprError(f"unknown re-ranking method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -391,10 +451,9 @@ def re_rank(
     if metric == "cosine":
         features = l2_normalize(features)
     out = np.empty((num_query, num_gallery), dtype=np.float32)
-    out_t = torch.from_numpy(out)
     cosine_base = method == "jaccard" and metric == "cosine"
 
-    def keep_base(a: int, b: int, c: int, e: int, dist: Any) -> None:
+    def keep_base(a: int, b: int, c: int, e: int, dist: np.ndarray) -> None:
         # Query x gallery distances are the base term; with queries first they all lie in
         # blocks above the diagonal, so each is seen exactly once.
         rows = slice(a, min(b, num_query))
@@ -403,10 +462,14 @@ def re_rank(
             return
         part = dist[: rows.stop - a, cols.start - c :]
         # 1 - cos(x, y) = |x - y|^2 / 2 for unit vectors
-        out_t[rows, cols.start - num_query : cols.stop - num_query] = part * 0.5 if cosine_base else part
+        target = out[rows, cols.start - num_query : cols.stop - num_query]
+        if cosine_base:
+            np.multiply(part, np.float32(0.5), out=target)
+        else:
+            target[...] = part
 
     k_search = k1 if method == "jaccard" else max(k1 + 1, k2)
-    nb = _nearest_neighbours(features, k_search, sink=keep_base, progress=progress)
+    nb = _nearest_neighbours(features, k_search, sink=keep_base, row_max=method == "zhong", progress=progress)
     if progress is not None:
         progress("encoding", 0, 1)
     v = _encode(nb, features, k1, k2, method)
