@@ -219,3 +219,11 @@ def test_model_code_is_device_agnostic():
     offenders = [str(p) for p in [*root.joinpath("model").glob("*.py"), root / "losses.py"]
                  if ".cuda(" in p.read_text()]
     assert offenders == []
+
+
+def test_training_with_a_single_image_is_reported():
+    model = build_model(tiny())
+    with pytest.raises(MdprError, match="at least 2 images"):
+        model(images(1))
+    model.eval()
+    assert model(images(1)).shape == (1, model.feature_dim)

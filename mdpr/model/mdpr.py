@@ -262,6 +262,9 @@ class MDPR(nn.Module):
         return (images - mean) / std
 
     def forward(self, images: torch.Tensor):
+        if self.training and images.shape[0] < 2:
+            raise MdprError("Training MDPR needs at least 2 images per batch (BatchNorm and the triplet loss use "
+                            "batch statistics); use a larger batch or call model.eval() for inference.")
         shared = self.stem(self.normalize(images))
         hard_global = hard_parts = soft = None
         if self.hard_branch is not None:

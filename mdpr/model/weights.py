@@ -564,8 +564,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Config, classes: Optional[Sequence[Any]] = None,
-                    **extra: Any) -> Path:
+def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Union[Config, ModelConfig],
+                    classes: Optional[Sequence[Any]] = None, **extra: Any) -> Path:
     """Write an mdpr checkpoint atomically (temporary file + ``os.replace``); returns the path.
 
     ``extra`` entries (optimizer state, epoch, metrics ...) are stored at the top level; they must be plain
@@ -577,6 +577,8 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Config, clas
     clash = reserved & set(extra)
     if clash:
         raise ValueError(f"extra checkpoint entries {sorted(clash)} clash with reserved keys")
+    if isinstance(config, ModelConfig):
+        config = Config(model=config)
     inner = _unwrap(model)
     cfg_dict = config.to_dict()
     if isinstance(inner, MDPR):
