@@ -8,6 +8,7 @@ from mdpr.cli.app import app
 # (Keep this list sorted by the order users meet the commands.)
 _COMMANDS = [
     "prepare",
+    "train",
     "export",
 ]
 

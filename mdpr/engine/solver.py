@@ -54,13 +54,20 @@ def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimize
             groups.setdefault((lr, wd), []).append(param)
     param_groups = [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     name = cfg.optimizer.lower()
+    # the fused kernels are several times faster (CPU too) and give the same updates
+    fused = {"fused": True} if _fusable(model) else {}
     if name == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.base_lr)
+        return torch.optim.Adam(param_groups, lr=cfg.base_lr, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.base_lr)
+        return torch.optim.AdamW(param_groups, lr=cfg.base_lr, **fused)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum)
     raise MdprError(f"Unknown solver.optimizer '{cfg.optimizer}'; use Adam, AdamW or SGD.")
+
+
+def _fusable(model: nn.Module) -> bool:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 class LRSchedule:

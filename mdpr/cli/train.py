@@ -1,0 +1,270 @@
+"""``mdpr train``: train MDPR on a prepared dataset (CPU, one GPU, N GPUs, torchrun; exact resume)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import typer
+
+from mdpr.cli.app import command, console, err_console, print_json
+
+EXAMPLES = """
+[bold]Examples[/]
+
+  mdpr prepare demo mdpr-demo/data
+  mdpr train --dataset demo --recipe demo-cpu --output runs/demo
+
+  mdpr train --dataset dukemtmc --gpus 2 --set model.pretrained=weights/lup_moco_r101.pth
+  mdpr train --dataset demo --recipe demo-cpu --epochs 2 --set model.fusion=false --set solver.base_lr=1e-3
+  mdpr train --resume runs/demo
+  torchrun --nnodes 2 --nproc-per-node 4 ... -m mdpr train --dataset market1501 --output /shared/runs/m
+"""
+
+
+class TrainReporter:
+    """Renders the trainer's progress events with rich (picklable: spawned workers get a copy)."""
+
+    def __init__(self, stderr: bool = False, refresh_s: float = 0.5) -> None:
+        self.stderr = stderr
+        self.refresh_s = refresh_s
+        self._console: Any = None
+        self._live: Any = None
+        self._last = 0.0
+        self._log_period = 20
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"stderr": self.stderr, "refresh_s": self.refresh_s}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = err_console if self.stderr else Console()
+        return self._console
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        kind = event.get("event")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_start(self, e: Dict[str, Any]) -> None:
+        verb = "Resuming" if e["resumed"] else "Training"
+        procs = f" x {e['world_size']} processes" if e["world_size"] > 1 else ""
+        amp = ", AMP" if e["amp"] else ""
+        self.console.print(
+            f"[bold]{verb}[/] recipe [cyan]{e['recipe']}[/] on [cyan]{e['dataset']}[/] "
+            f"({e['num_train_images']} images, {e['num_classes']} identities) on {e['device']}{procs}{amp}: "
+            f"epochs {e['start_epoch'] + 1}..{e['epochs']}, {e['steps_per_epoch']} steps of {e['batch_size']} "
+            f"images per epoch; run directory {e['run_dir']}",
+            highlight=False,
+        )
+        self._log_period = max(1, e["steps_per_epoch"] // 4)
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live(console=self.console, refresh_per_second=4, transient=True)
+            self._live.start()
+
+    def _render(self, e: Dict[str, Any]) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        table.add_row(
+            f"[bold]epoch {e['epoch']}/{e['epochs']}[/] step {e['step']}/{e['steps_per_epoch']}",
+            f"iter {e['iteration']}/{e['total_iterations']}",
+            f"loss [bold]{e['loss']:.4f}[/]",
+            f"lr {e['lr']:.3g}",
+            f"{e['images_per_s']:.1f} img/s",
+            f"ETA {_hms(e['eta_s'])}",
+        )
+        terms = Table.grid(padding=(0, 2))
+        items = [f"{_short(k)} {v:.4f}" for k, v in e["losses"].items()]
+        for i in range(0, len(items), 4):
+            terms.add_row(*items[i : i + 4])
+        outer = Table.grid()
+        outer.add_row(table)
+        outer.add_row(terms)
+        return outer
+
+    def _on_step(self, e: Dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self._live is not None:
+            if now - self._last >= self.refresh_s or e["step"] == e["steps_per_epoch"]:
+                self._live.update(self._render(e))
+                self._last = now
+        elif e["step"] % self._log_period == 0 or e["step"] == e["steps_per_epoch"]:
+            terms = " ".join(f"{_short(k)}={v:.4f}" for k, v in e["losses"].items())
+            self.console.print(
+                f"epoch {e['epoch']}/{e['epochs']} step {e['step']}/{e['steps_per_epoch']} "
+                f"loss {e['loss']:.4f} lr {e['lr']:.3g} {e['images_per_s']:.1f} img/s ETA {_hms(e['eta_s'])} | {terms}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def _on_epoch(self, e: Dict[str, Any]) -> None:
+        self.console.print(
+            f"epoch {e['epoch']}: mean loss {e['loss']:.4f} in {e['seconds']:.1f} s"
+            + (f", {e['replaced_images']} unreadable image(s) replaced" if e.get("replaced_images") else ""),
+            highlight=False,
+        )
+
+    def _on_eval_start(self, e: Dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.update(f"evaluating after epoch {e['epoch']} ...")
+
+    def _on_eval_progress(self, e: Dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.update(f"evaluating after epoch {e['epoch']}: {e['split']} {e['done']}/{e['total']} images")
+
+    def _on_eval(self, e: Dict[str, Any]) -> None:
+        self.console.print(
+            f"[green]evaluation[/] after epoch {e['epoch']}: mAP {e['mAP']:.4f}  Rank-1 {e['rank1']:.4f}  "
+            f"Rank-5 {e['rank5']:.4f}  mINP {e['mINP']:.4f}  ({e['num_query']} queries, {e['seconds']:.1f} s)",
+            highlight=False,
+        )
+
+    def _on_warning(self, e: Dict[str, Any]) -> None:
+        self.console.print(f"[yellow]warning:[/] {e['message']}", highlight=False)
+
+    def _on_done(self, e: Dict[str, Any]) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _short(name: str) -> str:
+    return name[5:] if name.startswith("loss_") else name
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _summary_table(summary: Dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"mdpr train: {summary.get('recipe')} on {summary.get('dataset')}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    fm = summary.get("final_metrics") or {}
+    rows = [
+        ("epochs / iterations", f"{summary.get('epochs')} / {summary.get('iterations')}"),
+        ("training time", f"{summary.get('seconds', 0):.1f} s ({summary.get('images_per_s', 0):.1f} images/s)"),
+        ("final loss (epoch mean)", f"{summary.get('final_losses', {}).get('loss', float('nan')):.4f}"),
+        ("final learning rate", f"{summary.get('final_lr') or 0:.3g}"),
+    ]
+    if fm:
+        rows += [
+            ("mAP", f"{fm['mAP']:.4f}"),
+            ("Rank-1 / 5 / 10", f"{fm['rank1']:.4f} / {fm['rank5']:.4f} / {fm['rank10']:.4f}"),
+            ("mINP", f"{fm['mINP']:.4f}"),
+        ]
+    if summary.get("replaced_images"):
+        rows.append(("unreadable images replaced", str(summary["replaced_images"])))
+    rows += [
+        ("checkpoint (resumable)", summary.get("checkpoint", "")),
+        ("model for evaluate/extract", summary.get("model", "")),
+        ("plot", summary.get("plot", "")),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+@command("train", help="Train an MDPR model on a prepared dataset (CPU, GPUs or torchrun; resumable).", epilog=EXAMPLES)
+def train(
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help="Registered dataset name (see mdpr prepare) or a manifest file."
+    ),
+    recipe: Optional[str] = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        help="market1501, dukemtmc, synergyreid, demo-cpu or a YAML file; default: the dataset's own recipe.",
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Run directory (default runs/<dataset>-<recipe>-<timestamp>)."
+    ),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.pt."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Train on N GPUs of this machine (DDP over NCCL when N > 1)."),
+    procs: Optional[int] = typer.Option(None, "--procs", help="Train with N CPU processes (DDP over gloo)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (solver.max_epochs)."),
+    eval_period: Optional[int] = typer.Option(
+        None, "--eval-period", help="Evaluate every N epochs (0: only at the end, -1: never)."
+    ),
+    checkpoint_period: Optional[int] = typer.Option(
+        None, "--checkpoint-period", help="Also keep epoch_XXX.pt every N epochs (last.pt is written every epoch)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="Initialise from a checkpoint: an mdpr/official MDPR model (classifiers of another size skipped) or a backbone (= --set model.pretrained=PATH)."
+    ),
+    overrides: List[str] = typer.Option(
+        [], "--set", help="Override any config field, e.g. --set solver.base_lr=1e-4 --set model.fusion=false."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object (progress on stderr)."),
+) -> None:
+    """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
+    from mdpr.engine.distributed import init_from_torchrun, launch, plan_processes, torchrun_env
+    from mdpr.engine.trainer import SUMMARY, TrainRequest, plan_run, run_training
+    from mdpr.errors import MdprError
+
+    reporter = TrainReporter(stderr=json_out)
+    out = err_console if json_out else console
+    env = torchrun_env()
+    ctx = None
+    if env is not None:
+        ctx = init_from_torchrun(device)
+        nprocs, backend, device_type = 1, None, None
+    else:
+        nprocs, backend, device_type = plan_processes(gpus, procs, device)
+    if weights is not None:
+        if not weights.is_file():
+            raise MdprError(f"--weights {weights} does not exist; give a checkpoint file (mdpr, official MDPR or a backbone).")
+        overrides = [*overrides, f"model.pretrained={weights}"]
+    plan = None
+    if ctx is None or ctx.is_main:
+        plan = plan_run(dataset, recipe, overrides, output, resume, epochs, eval_period, checkpoint_period)
+    if ctx is not None and ctx.world_size > 1:
+        plan = ctx.broadcast_object(plan)  # one run directory (and timestamp) for all ranks
+    assert plan is not None
+    for note in plan.notes:
+        if ctx is None or ctx.is_main:
+            out.print(f"[yellow]note:[/] {note}", highlight=False)
+    request = TrainRequest(
+        config=plan.config.to_dict(),
+        run_dir=str(plan.run_dir),
+        resume=plan.resume,
+        device=device_type or device,
+    )
+    if ctx is not None:
+        summary = run_training(ctx, request, reporter)
+        if not ctx.is_main:
+            return
+    elif nprocs > 1:
+        launch(run_training, nprocs, backend or "gloo", device_type or "cpu", (request, reporter))
+        summary = json.loads((plan.run_dir / SUMMARY).read_text())
+    else:
+        try:
+            summary = run_training(None, request, reporter)
+        finally:
+            reporter.stop()
+    assert summary is not None
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(_summary_table(summary))
