@@ -1,0 +1,113 @@
+"""``mdpr prepare``'s library side: find the dataset under ROOT (or extract it), parse, verify, register."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+from mdpr.data.archive import extract_zip
+from mdpr.data.datasets import DEMO, canonical_name, get_spec
+from mdpr.data.datasets.base import PrepareOptions, relabel_train
+from mdpr.data.records import Manifest, Record, build_manifest, check_name, register
+from mdpr.errors import MdprError
+
+#: ``progress(done, total, stage)``; stage is e.g. "extracting X.zip", "verifying images"
+Progress = Optional[Callable[[int, int, str], None]]
+
+_FLAGS = {
+    "with_distractors": "--with-distractors",
+    "with_val": "--with-val",
+    "variant": "--variant",
+    "protocol": "--protocol",
+    "challenge": "--challenge",
+}
+
+
+@dataclass
+class PrepareResult:
+    manifest: Manifest
+    manifest_path: Path  #: where it was registered
+    notes: List[str] = field(default_factory=list)
+    unreadable: List[Tuple[Path, str]] = field(default_factory=list)  #: dropped by ``verify``
+
+
+def resolve_root(root: Union[str, Path], progress: Progress = None) -> Tuple[Path, List[str]]:
+    """The folder to parse: ROOT itself, or the folder a ROOT ``.zip`` was safely extracted to."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise MdprError(f"ROOT {path} does not exist; pass the folder that contains the dataset or its .zip.")
+    if path.is_dir():
+        return path, []
+    if path.suffix.lower() == ".csv":  # the folder dataset's CSV form
+        return path, []
+    if not zipfile.is_zipfile(path):
+        raise MdprError(f"ROOT {path} is a file but not a .zip archive; pass the dataset folder or the downloaded .zip.")
+    dest = extract_zip(path, progress=progress)
+    return dest, [f"extracted {path.name} into {dest}"]
+
+
+def check_options(dataset: str, options: PrepareOptions) -> None:
+    """An option that does not apply to ``dataset`` is an error (rather than silently ignored)."""
+    spec = get_spec(dataset)
+    for key in options.given():
+        if key not in spec.options or dataset == DEMO:
+            owners = [name for name in ("market1501", "msmt17", "cuhk03", "synergyreid") if key in get_spec(name).options]
+            raise MdprError(f"{_FLAGS[key]} applies to {' and '.join(owners)} only, not to {dataset}.")
+
+
+def prepare_dataset(
+    dataset: str,
+    root: Union[str, Path],
+    name: Optional[str] = None,
+    options: Optional[PrepareOptions] = None,
+    verify: bool = False,
+    workers: Optional[int] = None,
+    progress: Progress = None,
+    label: Optional[str] = None,
+) -> PrepareResult:
+    """Parse ``root`` as ``dataset``, optionally drop undecodable images, and register the manifest.
+
+    ``name`` is the registration name (default: the canonical dataset name); ``label`` overrides the
+    ``dataset`` field of the manifest (the demo is parsed as Market-1501 but labelled ``demo``).
+    """
+    key = canonical_name(dataset)
+    options = options or PrepareOptions()
+    check_options(key, options)
+    reg_name = check_name(name or key)
+    folder, notes = resolve_root(root, progress)
+    parsed = get_spec(key).parse(folder, options, progress)
+    notes += parsed.notes
+    train, query, gallery = parsed.train, parsed.query, parsed.gallery
+    unreadable: List[Tuple[Path, str]] = []
+    if verify:
+        from mdpr.data.verify import verify_images
+
+        records = train + query + gallery
+        unique = sorted({r.path for r in records})
+        bad = verify_images(
+            [parsed.root / p for p in unique],
+            workers=workers,
+            progress=(lambda d, t: progress(d, t, "verifying images")) if progress else None,
+        )
+        unreadable = bad
+        if bad:
+            bad_rel = {p.relative_to(parsed.root).as_posix() for p, _ in bad}
+            train, query, gallery = (_drop(rs, bad_rel) for rs in (train, query, gallery))
+            notes.append(f"left {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} out of the manifest")
+            for split, recs in (("train", train), ("query", query), ("gallery", gallery)):
+                if not recs:
+                    raise MdprError(f"The {split} split is empty: none of its images under {parsed.root} can be decoded.")
+    manifest = build_manifest(
+        reg_name, label or key, parsed.root, train, query, gallery, options={**parsed.options}
+    )
+    if unreadable and manifest.train:
+        # keep the train labels contiguous after dropping images
+        manifest.train = relabel_train([(r.path, r.orig_pid, r.camid) for r in manifest.train])
+    path = register(manifest)
+    return PrepareResult(manifest=manifest, manifest_path=path, notes=notes, unreadable=unreadable)
+
+
+def _drop(records: List[Record], bad: set) -> List[Record]:
+    return [r for r in records if r.path not in bad]
