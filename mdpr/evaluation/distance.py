@@ -38,10 +38,17 @@ def check_same_dim(qf: np.ndarray, gf: np.ndarray) -> None:
         )
 
 
-def l2_normalize(features: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (float32, zero rows stay zero), like torch's F.normalize."""
+def l2_normalize(features: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Row-wise L2 normalisation of float32 rows (zero rows stay zero), like torch's F.normalize.
+
+    ``inplace=True`` overwrites ``features`` (no second copy of a large matrix).
+    """
     norms = np.sqrt(np.einsum("ij,ij->i", features, features, dtype=np.float64))
-    return (features / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+    scale = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)[:, None]
+    if inplace:
+        features *= scale
+        return features
+    return (features * scale).astype(np.float32, copy=False)
 
 
 def compute_distance(

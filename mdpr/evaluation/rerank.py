@@ -449,7 +449,7 @@ def re_rank(
     features = np.concatenate([q, g])
     del q, g
     if metric == "cosine":
-        features = l2_normalize(features)
+        l2_normalize(features, inplace=True)  # our own concatenated copy
     out = np.empty((num_query, num_gallery), dtype=np.float32)
     cosine_base = method == "jaccard" and metric == "cosine"
 
