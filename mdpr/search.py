@@ -188,7 +188,7 @@ def _exact_topk(
     values = best_s.t().numpy().astype(np.float64)
     idx = best_i.t().numpy()
     if metric == "cosine":
-        dist = 1.0 - values
+        dist = np.maximum(1.0 - values, 0.0)  # rounding can push identical vectors a hair below 0
     else:
         q2 = (probes.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
         dist = np.sqrt(np.maximum(q2 - values, 0.0))

@@ -698,6 +698,8 @@ class _Journal:
         """Start over with only a header (after a fold, or when the old content was unusable)."""
         data = json.dumps(header, sort_keys=True).encode("utf-8")
         blob = _JOURNAL_MAGIC + _U32.pack(len(data)) + data + _U32.pack(zlib.crc32(data))
+        # Forget the old records first: if this is interrupted, memory must not point into a cut file.
+        self.header, self.records, self.end = None, [], 0
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, blob, 0)
         os.fsync(self.fd)
@@ -906,16 +908,28 @@ class StoreWriter:
         self._fold(complete)
         self._journal.reset(self._journal_header())
 
-    def close(self, complete: bool = True) -> None:
-        """Fold everything into the store, mark it ``complete`` (or not), remove the journal."""
+    def close(self, complete: bool = True, interrupted: bool = False) -> None:
+        """Fold everything into the store, mark it ``complete`` (or not), remove the journal.
+
+        ``interrupted=True`` (after Ctrl-C, which may have struck anywhere) re-reads the journal from
+        disk instead of trusting the in-memory state.
+        """
         if self._journal.fd < 0:
             return
         try:
+            if interrupted:
+                self._journal.scan()
+                if self._journal.header is None:  # cut while being reset: its rows are already in the store
+                    self._journal.reset(self._journal_header())
+                else:
+                    self._journal.truncate_tail()
             if self._journal.records or complete != self.complete:
                 self._journal.sync()
                 self._fold(complete)
-        finally:
-            self._journal.close(delete=True)
+        except BaseException:  # e.g. a second Ctrl-C during the fold: the journal must survive
+            self._journal.close(delete=False)
+            raise
+        self._journal.close(delete=True)
 
     def abort(self) -> None:
         """Stop without folding; the journal stays for the next writer to recover."""
@@ -931,7 +945,7 @@ class StoreWriter:
         if exc_type is None:
             self.close(complete=True)
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close(complete=False)
+            self.close(complete=False, interrupted=True)
         else:
             self.abort()
 

@@ -158,6 +158,39 @@ def test_periodic_checkpoint_grows_geometrically(tmp_path: Path) -> None:
     _assert_exactly_once(out, 15)
 
 
+@pytest.mark.parametrize("strike", range(1, 9))
+def test_ctrl_c_anywhere_in_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strike: int) -> None:
+    """KeyboardInterrupt at the n-th file operation of a checkpoint: clean stop, nothing lost or doubled."""
+    out = tmp_path / "s.h5"
+    calls = {"n": 0}
+    originals = {name: getattr(os, name) for name in ("ftruncate", "pwrite", "fsync", "replace")}
+
+    def wrap(name: str):
+        def op(*args: object, **kw: object) -> object:
+            calls["n"] += 1
+            if calls["n"] == strike:
+                raise KeyboardInterrupt
+            return originals[name](*args, **kw)
+
+        return op
+
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(out, _meta()) as w:
+            w.add(*_rows(0, 4))
+            w.checkpoint()
+            w.add(*_rows(4, 7))
+            for name in originals:
+                monkeypatch.setattr(os, name, wrap(name))
+            w.checkpoint()
+            raise KeyboardInterrupt  # the strike came too late: interrupt anyway
+    monkeypatch.undo()
+    _check = FeatureStore.open(out)
+    _check.close()
+    with StoreWriter(out, _meta()) as w:
+        w.add(*_rows(0, 9))
+    _assert_exactly_once(out, 9)
+
+
 _WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time

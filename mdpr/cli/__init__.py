@@ -9,6 +9,8 @@ from mdpr.cli.app import app
 _COMMANDS = [
     "prepare",
     "train",
+    "extract",
+    "query",
     "export",
 ]
 
