@@ -209,3 +209,22 @@ def test_from_model_restores_training_mode(weights: Path) -> None:
     with torch.no_grad():
         model.stem.conv1.weight.add_(1.0)  # the fingerprint of a model in training follows its weights
     assert fx.fingerprint != FeatureExtractor(weights, device="cpu").fingerprint
+
+
+def test_dataset_split_uses_the_manifest_labels(tmp_path: Path, weights: Path) -> None:
+    prepared = runner.invoke(app, ["prepare", "demo", str(tmp_path / "demo"), "--ids", "4", "--images-per-id", "4",
+                                   "--size", "64x32", "--name", "mini"])
+    assert prepared.exit_code == 0, prepared.output
+    from mdpr.data.records import load_dataset
+
+    manifest = load_dataset("mini")
+    out = tmp_path / "query.h5"
+    result = _extract("--dataset", "mini", "--split", "query", "--weights", str(weights), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    with FeatureStore.open(out) as store:
+        assert store.root == str(Path(manifest.root).resolve())
+        assert store.paths == [r.path for r in manifest.query]
+        assert store.pids.tolist() == [r.pid for r in manifest.query]
+        assert store.camids.tolist() == [r.camid for r in manifest.query]
+    empty = _extract("--dataset", "nonexistent", "--weights", str(weights), "--output", str(out))
+    assert empty.exit_code == 2 and "nonexistent" in empty.stderr
