@@ -9,6 +9,7 @@ from mdpr.cli.app import app
 _COMMANDS = [
     "prepare",
     "train",
+    "evaluate",
     "extract",
     "query",
     "export",

@@ -94,8 +94,8 @@ def _check_pair(query: _Side, gallery: _Side) -> None:
         )
 
 
-def _extract(dataset: str, weights: Path, flip: bool, device: str, batch_size: int, save_dir: Optional[Path]
-             ) -> Tuple[_Side, _Side]:
+def _extract(dataset: str, weights: Path, flip: bool, device: str, batch_size: int, num_workers: Optional[int],
+             save_dir: Optional[Path]) -> Tuple[_Side, _Side]:
     import numpy as np
 
     from mdpr.data.records import load_dataset
@@ -107,7 +107,7 @@ def _extract(dataset: str, weights: Path, flip: bool, device: str, batch_size: i
             f"Dataset '{manifest.name}' has {len(manifest.query)} query and {len(manifest.gallery)} gallery images; "
             "evaluation needs both (prepare a dataset with a query/gallery split)."
         )
-    extractor = FeatureExtractor(str(weights), device=device, batch_size=batch_size, flip=flip)
+    extractor = FeatureExtractor(str(weights), device=device, batch_size=batch_size, num_workers=num_workers, flip=flip)
     sides = []
     for name, records in (("query", manifest.query), ("gallery", manifest.gallery)):
         paths = [str(manifest.image_path(r)) for r in records]
@@ -232,6 +232,7 @@ def evaluate_command(
                                                  help="Folder to write query.h5 and gallery.h5 feature stores into."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (feature extraction)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Image decoding processes (default: 1 on CPU)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Evaluate a model on a dataset's query/gallery split, or stored query/gallery features."""
@@ -250,7 +251,7 @@ def evaluate_command(
             raise MdprError("--save-features and --flip apply to extraction; they cannot be used with stored features.")
         query, gallery = _load_store(query_features, "query"), _load_store(gallery_features, "gallery")
     elif dataset is not None and weights is not None:
-        query, gallery = _extract(dataset, weights, flip, device, batch_size, save_features)
+        query, gallery = _extract(dataset, weights, flip, device, batch_size, num_workers, save_features)
     else:
         raise MdprError(
             "Say what to evaluate: --dataset NAME --weights CKPT, or --query-features q.h5 --gallery-features g.h5."
