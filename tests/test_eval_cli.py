@@ -161,3 +161,12 @@ def test_error_unknown_cameras_need_single_camera_mode(stores, tmp_path):
     result = runner.invoke(app, ["evaluate", "--query-features", str(q), "--gallery-features", str(stores["g"]),
                                  "--no-cross-camera-only", "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_error_normalised_and_raw_stores_under_euclidean(stores, tmp_path):
+    _, g_pids, _, g_cams = stores["labels"]
+    g = _store(tmp_path / "g_unit.h5", stores["gf"], g_pids, g_cams, normalized=True)
+    assert "L2-normalised features and the other raw" in _error(
+        ["--query-features", stores["q"], "--gallery-features", g, "--metric", "euclidean"])
+    result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features", str(g), "--json"])
+    assert result.exit_code == 0, result.output  # cosine normalises anyway

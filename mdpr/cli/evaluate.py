@@ -54,6 +54,7 @@ class _Side:
     source: str
     fingerprint: str = ""
     flip: Optional[bool] = None
+    normalized: Optional[bool] = None
     unreadable: List[Tuple[str, str]] = field(default_factory=list)
 
 
@@ -76,6 +77,7 @@ def _load_store(path: Path, name: str) -> _Side:
             source=str(path),
             fingerprint=store.fingerprint,
             flip=store.flip,
+            normalized=store.normalized,
         )
 
 
@@ -193,7 +195,7 @@ def _usable(side: _Side, cross_camera_only: bool) -> Tuple[_Side, int]:
         )
     if dropped:
         side = _Side(side.name, side.features[keep], side.pids[keep], side.camids[keep], side.source,
-                     side.fingerprint, side.flip, side.unreadable)
+                     side.fingerprint, side.flip, side.normalized, side.unreadable)
     return side, dropped
 
 
@@ -259,6 +261,11 @@ def evaluate_command(
     _check_pair(query, gallery)
     if query.flip is not None and gallery.flip is not None and query.flip != gallery.flip:
         raise MdprError("One feature store was extracted with --flip and the other without; extract both the same way.")
+    if metric is Metric.euclidean and query.normalized is not None and query.normalized != gallery.normalized:
+        raise MdprError(
+            "One feature store holds L2-normalised features and the other raw ones, so Euclidean distances between "
+            "them are meaningless; use --metric cosine or extract both the same way."
+        )
     query, q_dropped = _usable(query, cross_camera_only)
     gallery, g_dropped = _usable(gallery, cross_camera_only)
 
