@@ -108,16 +108,19 @@ def find_dataset_folder(
     )
 
 
-def list_files(folder: Path, extensions: Iterable[str]) -> Tuple[List[str], int]:
-    """Names of the files directly in ``folder`` with one of ``extensions`` (sorted), and how many others."""
-    exts = tuple(e.lower() for e in extensions)
+def list_files(folder: Path, extensions: Iterable[str], case_sensitive: bool = False) -> Tuple[List[str], int]:
+    """Names of the files directly in ``folder`` with one of ``extensions`` (sorted), and how many others.
+
+    ``case_sensitive`` reproduces the peers' ``glob("*.jpg")`` exactly (``X.JPG`` is not picked up).
+    """
+    exts = tuple(extensions) if case_sensitive else tuple(e.lower() for e in extensions)
     names: List[str] = []
     others = 0
     with os.scandir(folder) as it:
         for entry in it:
             if entry.name.startswith(".") or not entry.is_file():
                 continue
-            if entry.name.lower().endswith(exts):
+            if (entry.name if case_sensitive else entry.name.lower()).endswith(exts):
                 names.append(entry.name)
             else:
                 others += 1

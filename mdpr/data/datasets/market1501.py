@@ -39,7 +39,7 @@ def _has_split_folders(folder: Path) -> bool:
 
 def parse_folder(root: Path, sub: str) -> Tuple[List[Tuple[str, int, int]], List[str]]:
     """``(relative path, pid, camid)`` of the Market-named ``.jpg`` files in ``root/sub`` (junk dropped)."""
-    names, others = list_files(root / sub, (".jpg",))
+    names, others = list_files(root / sub, (".jpg",), case_sensitive=True)
     items: List[Tuple[str, int, int]] = []
     unnamed = junk = 0
     for name in names:

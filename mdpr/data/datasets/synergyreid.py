@@ -39,7 +39,7 @@ EXTENSIONS = (".jpeg",)
 
 
 def _parse(folder: Path, sub: str, camid: int, pattern: re.Pattern) -> Tuple[List[Tuple[str, int, int]], List[str]]:
-    names, others = list_files(folder / sub, EXTENSIONS)
+    names, others = list_files(folder / sub, EXTENSIONS, case_sensitive=True)
     items, unnamed = [], 0
     for name in names:
         m = pattern.match(name)
