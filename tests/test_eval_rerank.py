@@ -137,3 +137,13 @@ def test_rerank_errors():
         re_rank(q, np.ones((5, 3), np.float32))
     with pytest.raises(MdprError, match="empty"):
         re_rank(np.zeros((0, 4), np.float32), g)
+
+
+@pytest.mark.parametrize("num_q,num_g", [(1, 1), (1, 2), (3, 5)])
+def test_sets_smaller_than_k1(num_q, num_g):
+    rng = np.random.default_rng(num_q * 10 + num_g)
+    qf, gf = rng.random((num_q, 4)).astype(np.float32), rng.random((num_g, 4)).astype(np.float32)
+    np.testing.assert_allclose(re_rank(qf, gf, method="zhong", metric="euclidean"), dense_zhong(qf, gf), atol=2e-5)
+    np.testing.assert_allclose(
+        re_rank(qf, gf, method="jaccard", metric="euclidean"), dense_fastreid(qf, gf, metric="euclidean"), atol=2e-5
+    )
