@@ -4,14 +4,18 @@ Ranked lists: one row per probe, the probe on the left, then its top-k gallery i
 distance; borders are green / red when the gallery identity matches / does not match the probe's
 (grey when either is unknown). Each tile may carry an ``overlay`` callable applied to the decoded
 image before it is shrunk to a thumbnail, which is where attention maps or other annotations plug in.
+
+Attention overlays: the Soft Content Branch's attention maps (layer4 and layer3) blended over the
+input as heat maps, one panel per map (:func:`draw_attention_overlays`, :func:`visualize_attention_files`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 ImageSource = Union[str, Path, Image.Image, None]
@@ -161,3 +165,90 @@ __all__ = [
     "ranked_list_size",
     "save_ranked_lists",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 with a blue-cyan-yellow-red ramp (a perceptually ordered "jet")."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    stops = np.array([0.0, 0.35, 0.65, 1.0])
+    colors = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]], dtype=np.float64)
+    out = np.empty(v.shape[:-1] + (3,), dtype=np.float64)
+    for c in range(3):
+        out[..., c] = np.interp(v[..., 0], stops, colors[:, c])
+    return out.astype(np.uint8)
+
+
+def draw_attention_overlays(
+    image: Image.Image, maps: Mapping[str, np.ndarray], panel_height: int = 256, alpha: float = 0.5
+) -> Image.Image:
+    """One row: the image, then every attention map of every layer blended over it as a heat map.
+
+    ``maps`` is ``{"layer4": (M, h, w), "layer3": (M, h, w)}`` with values in [0, 1] (softmax outputs);
+    each map is scaled by its own maximum so that its shape is visible whatever its mass.
+    """
+    width = max(1, round(image.width * panel_height / image.height))
+    base = image.convert("RGB").resize((width, panel_height), Image.BICUBIC)
+    base_arr = np.asarray(base, dtype=np.float64)
+    panels: List[Tuple[str, Image.Image]] = [("input", base)]
+    for layer, layer_maps in maps.items():
+        for i, amap in enumerate(np.asarray(layer_maps, dtype=np.float64)):
+            up = Image.fromarray((amap / max(amap.max(), 1e-12) * 255).astype(np.uint8))
+            up = np.asarray(up.resize((width, panel_height), Image.BILINEAR), dtype=np.float64) / 255.0
+            blended = (1 - alpha) * base_arr + alpha * heat_colors(up)
+            panels.append((f"{layer} #{i}", Image.fromarray(blended.astype(np.uint8))))
+    font = ImageFont.load_default()
+    label_h, gap = 14, 4
+    canvas = Image.new("RGB", (len(panels) * (width + gap) + gap, panel_height + label_h + 2 * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (title, panel) in enumerate(panels):
+        x = gap + k * (width + gap)
+        canvas.paste(panel, (x, gap + label_h))
+        draw.text((x + 2, gap), _fit(draw, font, title, width - 4), fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def visualize_attention_files(
+    images: Sequence[Union[str, Path]],
+    weights: Union[str, Path],
+    out_dir: Union[str, Path],
+    panel_height: int = 256,
+    device: str = "auto",
+) -> List[Path]:
+    """Write ``<out_dir>/<image stem>_attention.png`` for every image; return the written paths.
+
+    The images get the checkpoint's own test preprocessing, so the maps are those the model computes at
+    inference time (eval-mode BatchNorm).
+    """
+    from mdpr.data.images import ImageReadError, load_rgb
+    from mdpr.data.transforms import build_test_transform
+    from mdpr.errors import MdprError
+    from mdpr.inference import resolve_device
+    from mdpr.model import load_model
+
+    model, config = load_model(weights)
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    transform = build_test_transform(config.input)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    used_names: set = set()
+    for path in images:
+        try:
+            img = load_rgb(path)
+        except ImageReadError as exc:
+            raise MdprError(f"Cannot read image {path} ({exc.__cause__ or exc}); pass a JPEG/PNG/BMP/WebP file.") from None
+        tensor = transform(img).unsqueeze(0).to(dev)
+        maps = {k: v[0].float().cpu().numpy() for k, v in model.attention_maps(tensor).items()}
+        shown = Image.fromarray(tensor[0].permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy())
+        name = f"{Path(path).stem}_attention.png"
+        n = 1
+        while name in used_names:  # two inputs with the same stem in different folders
+            n += 1
+            name = f"{Path(path).stem}_{n}_attention.png"
+        used_names.add(name)
+        target = out_dir / name
+        draw_attention_overlays(shown, maps, panel_height=panel_height).save(target)
+        written.append(target)
+    return written

@@ -12,6 +12,7 @@ _COMMANDS = [
     "evaluate",
     "extract",
     "query",
+    "visualize",
     "export",
 ]
 
