@@ -35,7 +35,7 @@ Color = Tuple[int, int, int]
 # Well-separated clothing colours (names only help debugging).
 TOP_COLORS: Dict[str, Color] = {
     "red": (200, 30, 35),
-    "maroon": (115, 20, 35),
+    "magenta": (190, 30, 160),
     "orange": (240, 130, 20),
     "yellow": (240, 215, 40),
     "lime": (140, 210, 50),
@@ -55,13 +55,13 @@ BOTTOM_COLORS: Dict[str, Color] = {
     "black": (22, 22, 26),
     "navy": (30, 35, 80),
     "jeans": (65, 95, 150),
-    "grey": (120, 120, 125),
+    "grey": (140, 140, 145),
     "beige": (200, 180, 140),
     "brown": (100, 65, 40),
     "white": (225, 225, 220),
     "olive": (95, 105, 45),
     "red": (170, 35, 40),
-    "khaki": (160, 145, 95),
+    "plum": (85, 40, 110),
 }
 SKIN: Sequence[Color] = ((240, 205, 180), (215, 170, 130), (175, 120, 85), (115, 75, 50))
 HAIR: Sequence[Color] = ((20, 15, 12), (75, 45, 25), (200, 165, 90), (150, 150, 150), (150, 60, 25))
@@ -208,9 +208,7 @@ def render_person(
     shoe_h = max(2.0, body_h * 0.035)
     for side in (-1, 1):
         lx = cx + side * (hip * 0.27 + spread) - leg_w / 2
-        legs_fill = p.skin if p.bottom_type == "shorts" else p.bottom
-        if p.bottom_type == "skirt":
-            legs_fill = p.skin
+        legs_fill = p.bottom if p.bottom_type == "trousers" else p.skin
         d.rectangle((lx, torso_bot, lx + leg_w, body_h - shoe_h), fill=legs_fill)
         if p.bottom_type == "shorts":
             d.rectangle((lx - 1, torso_bot, lx + leg_w + 1, torso_bot + leg_h * 0.4), fill=p.bottom)
@@ -235,8 +233,7 @@ def render_person(
         swing = arm_swing * side * unit * 4
         top_pt = (ax, torso_top + arm_w * 0.5)
         end_pt = (ax + side * arm_w * 0.35 + swing, torso_top + arm_len)
-        sleeve = p.top if p.long_sleeves else p.top
-        d.line([top_pt, end_pt], fill=sleeve, width=max(2, int(arm_w)))
+        d.line([top_pt, end_pt], fill=p.top, width=max(2, int(arm_w)))
         if not p.long_sleeves:
             mid = ((top_pt[0] + end_pt[0]) / 2, (top_pt[1] + end_pt[1]) / 2)
             d.line([mid, end_pt], fill=p.skin, width=max(2, int(arm_w * 0.85)))
@@ -308,8 +305,8 @@ def random_camera(rng: np.random.Generator) -> Camera:
     wall = _muted(rng, (0.05, 0.35), (0.35, 0.85))
     floor = _muted(rng, (0.0, 0.25), (0.25, 0.7))
     return Camera(
-        gain=float(rng.uniform(0.7, 1.2)),
-        cast=tuple(float(v) for v in 1.0 + rng.uniform(-0.12, 0.12, 3)),  # type: ignore[arg-type]
+        gain=float(rng.uniform(0.8, 1.15)),
+        cast=tuple(float(v) for v in 1.0 + rng.uniform(-0.1, 0.1, 3)),  # type: ignore[arg-type]
         blur=float(rng.uniform(0.0, 0.9)),
         noise=float(rng.uniform(2.0, 7.0)),
         wall=wall,  # type: ignore[arg-type]
@@ -445,6 +442,24 @@ def render_image(
 # ------------------------------------------------------------------------------------------------- dataset
 
 
+def distinct_people(pids: Sequence[int], seed: int, attempts: int = 50) -> Dict[int, Person]:
+    """An appearance per pid such that no two share top colour, pattern and bottom colour, and at most
+    two share top and bottom colours (redrawn up to ``attempts`` times, so huge demos still finish)."""
+    people: Dict[int, Person] = {}
+    full: set = set()
+    pairs: Dict[Tuple[Color, Color], int] = {}
+    for pid in pids:
+        for attempt in range(attempts):
+            person = random_person(np.random.default_rng([seed, 6, pid, attempt]))
+            key = (person.top, person.pattern, person.bottom)
+            if key not in full and pairs.get((person.top, person.bottom), 0) < 2:
+                break
+        people[pid] = person
+        full.add((person.top, person.pattern, person.bottom))
+        pairs[(person.top, person.bottom)] = pairs.get((person.top, person.bottom), 0) + 1
+    return people
+
+
 def _camera_plan(rng: np.random.Generator, n_images: int, cameras: int) -> List[int]:
     """Cameras (1-based) for an identity's images: balanced, at least two distinct cameras."""
     seen = int(rng.integers(2, cameras + 1)) if cameras > 2 else 2
@@ -545,10 +560,11 @@ def generate_demo(
             f"-1_c{cam}s{seq}_{frame:06d}_00.jpg"
         )
 
+    people = distinct_people(sorted(train_ids + test_ids), seed)
     gallery_count = 0
     for pid in train_ids + test_ids:
         prng = np.random.default_rng([seed, 2, pid])
-        person = random_person(prng)
+        person = people[pid]
         plan = _camera_plan(prng, images_per_id, cameras)
         queries = set(_split_queries(prng, plan)) if pid in test_ids else set()
         for k, cam in enumerate(plan):

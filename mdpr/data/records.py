@@ -235,13 +235,13 @@ def unregister(name: str) -> bool:
 def load_dataset(name_or_manifest_path: Union[str, Path]) -> Manifest:
     """Load a prepared dataset by registered name (``"market1501"``) or by manifest file path."""
     key = str(name_or_manifest_path)
-    as_path = Path(key).expanduser()
-    if as_path.is_file():
-        return read_manifest(as_path)
-    if _NAME.match(key):
+    if _NAME.match(key):  # a registered name wins over a same-named file in the working directory
         path = registry_dir() / f"{key}.json"
         if path.is_file():
             return read_manifest(path)
+    as_path = Path(key).expanduser()
+    if as_path.is_file():
+        return read_manifest(as_path)
     names = registered_names()
     known = f"registered datasets are: {', '.join(names)}" if names else "no dataset is registered yet"
     raise MdprError(
