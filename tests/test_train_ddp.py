@@ -84,3 +84,21 @@ def test_two_process_ddp_matches_single_process_accumulation(tmp_path: Path) -> 
     result = runner.invoke(app, ["train", *ARGS, "--output", str(other), *_sets()])
     assert result.exit_code == 0, result.output
     assert _train_losses(other)[0]["loss"] != pytest.approx(a[0]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_launch_joins_its_process_group(tmp_path: Path) -> None:
+    """Multi-node training is `torchrun ... -m mdpr train`: here 2 local CPU processes (gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    make_dataset(tmp_path / "data", train_ids=4, per_id=2)
+    run = tmp_path / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mdpr", "train", *ARGS, "--output", str(run), *_sets(["dataloader.steps_per_epoch=1"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["iteration"] == 1
+    assert len(_train_losses(run)) == 1 and (run / "summary.json").is_file()

@@ -236,12 +236,19 @@ def train(
         if not weights.is_file():
             raise MdprError(f"--weights {weights} does not exist; give a checkpoint file (mdpr, official MDPR or a backbone).")
         overrides = [*overrides, f"model.pretrained={weights}"]
-    plan = None
+    plan: Any = None
     if ctx is None or ctx.is_main:
-        plan = plan_run(dataset, recipe, overrides, output, resume, epochs, eval_period, checkpoint_period)
+        try:
+            plan = plan_run(dataset, recipe, overrides, output, resume, epochs, eval_period, checkpoint_period)
+        except MdprError as exc:
+            if ctx is None or ctx.world_size == 1:
+                raise
+            plan = exc
     if ctx is not None and ctx.world_size > 1:
-        plan = ctx.broadcast_object(plan)  # one run directory (and timestamp) for all ranks
-    assert plan is not None
+        # one run directory (and timestamp) for all ranks; a bad input stops every rank, not only rank 0
+        plan = ctx.broadcast_object(plan if not isinstance(plan, MdprError) else str(plan))
+        if isinstance(plan, str):
+            raise MdprError(plan)
     for note in plan.notes:
         if ctx is None or ctx.is_main:
             out.print(f"[yellow]note:[/] {note}", highlight=False)

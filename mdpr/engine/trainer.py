@@ -109,7 +109,6 @@ def evaluate_on_test_split(
     model: nn.Module,
     cfg: Config,
     manifest: Any,
-    device: torch.device,
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> Dict[str, Any]:
     """Query/gallery metrics of ``model`` on ``manifest`` (cosine distance, the standard protocol).
@@ -125,7 +124,7 @@ def evaluate_on_test_split(
     extractor = FeatureExtractor.from_model(
         model,
         cfg,
-        device=device,
+        device=None,  # extract where the model already is
         batch_size=cfg.dataloader.test_batch_size,
         num_workers=cfg.dataloader.num_workers,
         flip=cfg.train.eval_flip,
@@ -192,6 +191,7 @@ class Trainer:
             raise MdprError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); drop it for --procs.")
         self._tb: Any = None
         self._log_file: Any = None
+        self._eval_seconds = 0.0  #: duration of the latest evaluation, for the ETA
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -405,6 +405,7 @@ class Trainer:
                 sec_per_iter = sum(recent) / len(recent)
                 images_per_s = images_per_step / sec_per_iter if sec_per_iter > 0 else 0.0
                 eta = sec_per_iter * (total_iters - self.iteration)
+                eta += self._eval_seconds * self._evaluations_left(epoch + 1, max_epochs)
                 event = {
                     "event": "step",
                     "epoch": epoch + 1,
@@ -460,15 +461,21 @@ class Trainer:
             }
             self._record(epoch_record)
             self._emit({"event": "epoch", **epoch_record})
-            done = epoch + 1 == max_epochs
-            period = cfg.train.eval_period
-            if (period > 0 and (epoch + 1) % period == 0) or (done and period >= 0):
+            if self._evaluates_after(epoch + 1, max_epochs):
                 self._evaluate(epoch + 1)
             self._save_checkpoint(epoch + 1)
             self.ctx.barrier()
         if self.ctx.is_main:
             return self._finish()
         return None
+
+    def _evaluates_after(self, epoch: int, max_epochs: int) -> bool:
+        period = self.cfg.train.eval_period
+        return (period > 0 and epoch % period == 0) or (epoch == max_epochs and period >= 0)
+
+    def _evaluations_left(self, epoch: int, max_epochs: int) -> int:
+        """Evaluations still to come from the end of ``epoch`` (1-based) on."""
+        return sum(self._evaluates_after(e, max_epochs) for e in range(epoch, max_epochs + 1))
 
     def _step(self, batch: Dict[str, Any], epoch: int) -> tuple:
         lr = self.schedule.apply(self.optimizer, self.iteration, epoch)
@@ -522,14 +529,14 @@ class Trainer:
                 self.module,
                 self.cfg,
                 self.manifest,
-                self.device,
                 progress=lambda split, done, total: self._emit(
                     {"event": "eval_progress", "epoch": epoch, "split": split, "done": done, "total": total}
                 ),
             )
             self.module.train()
+            self._eval_seconds = time.perf_counter() - start
             record = {"type": "eval", "epoch": epoch, "iteration": self.iteration, **metrics,
-                      "seconds": round(time.perf_counter() - start, 3)}
+                      "seconds": round(self._eval_seconds, 3)}
             self._record(record)
             self._log(
                 f"evaluation after epoch {epoch}: mAP {metrics['mAP']:.4f} Rank-1 {metrics['rank1']:.4f} "
