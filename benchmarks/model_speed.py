@@ -39,9 +39,9 @@ def count_flops(fn: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
-def interleaved(tasks: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
-    """Run every task once as warm-up, then ``repeats`` rounds of all tasks; seconds per call."""
-    for task in tasks.values():
+def interleaved(tasks: Dict[str, Callable[[], None]], repeats: int, warmup: bool = True) -> Dict[str, List[float]]:
+    """Run every task once as warm-up (unless already warm), then ``repeats`` rounds of all tasks; seconds per call."""
+    for task in tasks.values() if warmup else ():
         task()
     times: Dict[str, List[float]] = {name: [] for name in tasks}
     for _ in range(repeats):
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", type=int, default=50, help="MDPR backbone depth (ResNet-50 stays the reference)")
     parser.add_argument("--embedding-dim", type=int, default=512)
     parser.add_argument("--num-classes", type=int, default=702)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed eval rounds")
+    parser.add_argument("--train-repeats", type=int, default=2, help="timed training-step rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--contiguous", action="store_true", help="keep NCHW memory format instead of channels-last")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
@@ -126,8 +127,9 @@ def main(argv=None) -> int:
             optimizers["resnet50"].step()
 
 
+        # counting the FLOPs runs one real step of each model, which doubles as the warm-up
         train_flops = {"mdpr": count_flops(mdpr_step), "resnet50": count_flops(resnet_step)}
-        train_times = interleaved({"mdpr": mdpr_step, "resnet50": resnet_step}, args.repeats)
+        train_times = interleaved({"mdpr": mdpr_step, "resnet50": resnet_step}, args.train_repeats, warmup=False)
         results["train_step_s"] = {name: statistics.median(t) for name, t in train_times.items()}
         results["train_gflops_per_step"] = {k: v / 1e9 for k, v in train_flops.items()}
         train_flop_ratio = train_flops["mdpr"] / train_flops["resnet50"]
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
         return 0
     print(f"# MDPR vs ResNet-50 -- {results['machine']}")
     print(f"batch {args.batch}, {args.height}x{args.width}, {results['memory_format']}; MDPR: {results['mdpr']}; "
-          f"ResNet-50: {results['resnet50_params_M']}M params; median of {args.repeats} interleaved runs")
+          f"ResNet-50: {results['resnet50_params_M']}M params; median of {args.repeats} (eval) / "
+          f"{args.train_repeats} (train) interleaved runs")
     print(f"eval   GFLOPs/image   MDPR {results['eval_gflops_per_image']['mdpr']:7.2f}   "
           f"ResNet-50 {results['eval_gflops_per_image']['resnet50']:7.2f}   ratio {flop_ratio:.2f}")
     print(f"eval   images/s       MDPR {results['eval_images_per_s']['mdpr']:7.2f}   "
