@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import mdpr.cli.evaluate  # noqa: F401  (registers the subcommand)
+import mdpr.cli.evaluate  # registers the subcommand
 from mdpr.cli import app
 from mdpr.evaluation import aqe, compute_distance, evaluate, re_rank
 from mdpr.store import StoreMeta, write_store
@@ -170,3 +170,12 @@ def test_error_normalised_and_raw_stores_under_euclidean(stores, tmp_path):
         ["--query-features", stores["q"], "--gallery-features", g, "--metric", "euclidean"])
     result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features", str(g), "--json"])
     assert result.exit_code == 0, result.output  # cosine normalises anyway
+
+
+def test_rerank_prints_an_estimate_before_long_runs(stores, monkeypatch):
+    monkeypatch.setattr(mdpr.cli.evaluate, "_ANNOUNCE_RERANK_IMAGES", 50)
+    result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features",
+                                 str(stores["g"]), "--rerank", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Re-ranking 110 images (jaccard): about" in result.stderr and "GB of memory" in result.stderr
+    json.loads(result.stdout)  # stdout stays one JSON object
