@@ -138,10 +138,9 @@ def _save_store(path: Path, side: _Side, records: List[Any], extractor: Any, man
     from mdpr.store import StoreMeta, write_store
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = extractor.config.to_dict() if hasattr(extractor.config, "to_dict") else dict(extractor.config or {})
     meta = StoreMeta(
         dim=side.features.shape[1], fingerprint=extractor.fingerprint, normalized=False, flip=bool(side.flip),
-        model_config=config, preprocessing=dict(extractor.preprocessing or {}), root=str(Path(manifest.root).resolve()),
+        model_config=extractor.config.to_dict(), preprocessing=dict(extractor.preprocessing or {}), root=str(Path(manifest.root).resolve()),
     )
     write_store(path, meta, side.features, [r.path for r in records], side.pids, side.camids, failed=side.unreadable)
 
