@@ -58,6 +58,16 @@ def test_json_equals_the_library(stores):
     assert "cross-camera" in out["protocol"] and "cosine" in out["protocol"]
 
 
+def test_save_metrics_writes_the_json_summary(stores, tmp_path):
+    target = tmp_path / "out" / "metrics.json"
+    result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features",
+                                 str(stores["g"]), "--save-metrics", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "Rank-1" in result.stdout  # the table is still printed
+    saved = json.loads(target.read_text())
+    assert saved["mAP"] == pytest.approx(_run_json(stores)["mAP"], abs=1e-12)
+
+
 def test_table_output(stores):
     result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features", str(stores["g"])])
     assert result.exit_code == 0, result.output

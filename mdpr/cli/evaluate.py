@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -235,6 +236,8 @@ def evaluate_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Image decoding processes (default: 1 on CPU)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    save_metrics: Optional[Path] = typer.Option(None, "--save-metrics",
+                                                help="Also write the JSON summary (as --json prints it) to this file."),
 ) -> None:
     """Evaluate a model on a dataset's query/gallery split, or stored query/gallery features."""
     import numpy as np
@@ -312,6 +315,11 @@ def evaluate_command(
         "protocol": protocol,
         "seconds": round(elapsed, 3),
     }
+    if save_metrics is not None:
+        save_metrics.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save_metrics.with_name(save_metrics.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(save_metrics)
     if json_output:
         print_json(summary)
         return
