@@ -7,6 +7,7 @@ from mdpr.cli.app import app
 # Importing a module registers its subcommand(s). Only subcommands that really work are listed.
 # (Keep this list sorted by the order users meet the commands.)
 _COMMANDS = [
+    "demo",
     "prepare",
     "train",
     "evaluate",
