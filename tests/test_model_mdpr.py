@@ -13,7 +13,16 @@ from mdpr.errors import MdprError
 from mdpr.losses import MDPRLoss
 from mdpr.model import MDPR, build_model
 
-TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+TARGETS = torch.tensor([0, 0, 1, 1])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tensors are small: one thread avoids OpenMP hand-offs, which stall badly on busy shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -22,7 +31,7 @@ def tiny(**overrides) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def images(n: int = 8, height: int = 64, width: int = 32) -> torch.Tensor:
+def images(n: int = 4, height: int = 64, width: int = 32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     return torch.rand(n, 3, height, width, generator=generator) * 255
 
@@ -55,6 +64,13 @@ def expected_layout(cfg: ModelConfig) -> list:
     if cfg.branches == "both" and cfg.fusion:
         layout.append(("fusion", 4 * e))
     return layout
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> MDPR:
+    """The paper's configuration on a ResNet-18, shared by the tests that do not train it."""
+    torch.manual_seed(0)
+    return build_model(tiny())
 
 
 SWITCHES = {
@@ -93,7 +109,7 @@ def test_forward_backward_for_every_switch(name):
     with torch.no_grad():
         feats = model(x)
     assert model.feature_layout == expected_layout(cfg)
-    assert feats.shape == (8, model.feature_dim) == (8, sum(d for _, d in expected_layout(cfg)))
+    assert feats.shape == (4, model.feature_dim) == (4, sum(d for _, d in expected_layout(cfg)))
     assert torch.isfinite(feats).all()
 
 
@@ -133,53 +149,53 @@ def test_cpu_training_steps_reduce_the_loss():
     assert torch.equal(model.hard_branch.global_head.bnneck.bias, bnneck_bias)
 
 
-def test_input_tensor_is_not_normalised_in_place():
-    model = build_model(tiny())
+def test_input_tensor_is_not_normalised_in_place(paper_model):
     x = images(4)
     before = x.clone()
-    model(x)
-    model.eval()
-    model(x)
+    with torch.no_grad():
+        paper_model.train()
+        paper_model(x)
+        paper_model.eval()
+        paper_model(x)
     assert torch.equal(x, before)
 
 
-def test_pixel_statistics_come_from_the_input_config():
+def test_pixel_statistics_come_from_the_input_config(paper_model):
     cfg = Config(model=tiny(), input=InputConfig(pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0)))
     identity = build_model(cfg).eval()
     assert identity.pixel_mean.flatten().tolist() == [0.0, 0.0, 0.0]
-    official = build_model(tiny()).eval()  # fast-reid's ImageNet statistics on the 0..255 scale
-    official.load_state_dict(identity.state_dict())
+    official = paper_model.eval()  # fast-reid's ImageNet statistics on the 0..255 scale
+    identity.load_state_dict(official.state_dict())
     x = images(2)
     normalised = (x - official.pixel_mean) / official.pixel_std
     with torch.no_grad():
         torch.testing.assert_close(identity(normalised), official(x), rtol=1e-4, atol=1e-4)
 
 
-def test_eval_output_does_not_depend_on_the_batch():
-    model = build_model(tiny()).eval()
+def test_eval_output_does_not_depend_on_the_batch(paper_model):
+    model = paper_model.eval()
     x = images(4)
     with torch.no_grad():
         full, single = model(x), model(x[:1])
     torch.testing.assert_close(full[:1], single, rtol=1e-4, atol=1e-4)
 
 
-def test_attention_maps_are_softmax_without_background():
-    model = build_model(tiny(num_attention=3)).eval()
-    maps = model.attention_maps(images(2))
-    assert maps["layer4"].shape == maps["layer3"].shape == (2, 3, 4, 2)
+def test_attention_maps_are_softmax_without_background(paper_model):
+    maps = paper_model.eval().attention_maps(images(2))
+    assert maps["layer4"].shape == maps["layer3"].shape == (2, 2, 4, 2)
     total = maps["layer4"].sum(dim=1)
     assert (total > 0).all() and (total < 1).all()  # the background channel takes the rest
     with pytest.raises(MdprError, match="no Soft Content Branch"):
-        build_model(tiny(branches="hard")).attention_maps(images(2))
+        build_model(tiny(branches="hard", depth=18)).attention_maps(images(2))
 
 
 def test_model_without_classes_extracts_but_cannot_train():
     model = build_model(tiny(num_classes=0))
     assert model.hard_branch.global_head.classifier is None
-    with pytest.raises(MdprError, match="num_classes"):
-        MDPRLoss()(model(images()), TARGETS)
-    model.eval()
-    assert model(images(2)).shape == (2, model.feature_dim)
+    with torch.no_grad():
+        with pytest.raises(MdprError, match="num_classes"):
+            MDPRLoss()(model(images()), TARGETS)
+        assert model.eval()(images(2)).shape == (2, model.feature_dim)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -196,15 +212,14 @@ def test_invalid_configurations_are_reported(overrides, message):
 
 
 def test_input_too_low_for_the_parts_is_reported():
-    model = build_model(tiny(num_parts=6))
-    with pytest.raises(MdprError, match="too low"):
-        model(images(height=64))
+    model = build_model(tiny(num_parts=6)).eval()
+    with torch.no_grad(), pytest.raises(MdprError, match="too low"):
+        model(images(2, height=64))
 
 
-def test_training_output_rejected_in_eval_mode():
-    model = build_model(tiny()).eval()
-    with pytest.raises(MdprError, match="model.train"):
-        MDPRLoss()(model(images(2)), TARGETS[:2])
+def test_training_output_rejected_in_eval_mode(paper_model):
+    with torch.no_grad(), pytest.raises(MdprError, match="model.train"):
+        MDPRLoss()(paper_model.eval()(images(2)), TARGETS[:2])
 
 
 def test_config_is_not_mutated_and_resolved_copy_is_kept():
@@ -221,9 +236,8 @@ def test_model_code_is_device_agnostic():
     assert offenders == []
 
 
-def test_training_with_a_single_image_is_reported():
-    model = build_model(tiny())
+def test_training_with_a_single_image_is_reported(paper_model):
     with pytest.raises(MdprError, match="at least 2 images"):
-        model(images(1))
-    model.eval()
-    assert model(images(1)).shape == (1, model.feature_dim)
+        paper_model.train()(images(1))
+    with torch.no_grad():
+        assert paper_model.eval()(images(1)).shape == (1, paper_model.feature_dim)

@@ -24,6 +24,15 @@ FEATURE_MIN_COS = 0.99999
 LOSS_RTOL, LOSS_ATOL = 5e-4, 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: OpenMP hand-offs between two threads stall badly when the shared cores are busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _oracle_weights_module():
     spec = importlib.util.spec_from_file_location("oracle_weights", ORACLE_DIR / "oracle_weights.py")
     module = importlib.util.module_from_spec(spec)
