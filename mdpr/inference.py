@@ -219,7 +219,9 @@ class FeatureExtractor:
         if self.weights is None:  # a model being trained changes: never cache
             return state_dict_fingerprint(self.model.state_dict())
         if self._fingerprint is None:
-            self._fingerprint = state_dict_fingerprint(self.model.state_dict())
+            self._fingerprint = _cached_fingerprint(
+                self.weights, lambda: state_dict_fingerprint(self.model.state_dict())
+            )
         return self._fingerprint
 
     # -- in-memory images (trackers)
@@ -294,6 +296,42 @@ class FeatureExtractor:
             if self.normalize:
                 feats = torch.nn.functional.normalize(feats, dim=1)
             return feats.cpu().numpy()
+
+
+_FINGERPRINT_CACHE_SIZE = 64
+
+
+def _cached_fingerprint(weights: Path, compute: Callable[[], str]) -> str:
+    """The weights' fingerprint, remembered per file (path, size, mtime, inode, mdpr version) in
+    ``$MDPR_HOME/cache/fingerprints.json``: hashing a few hundred MB of weights is a noticeable part of a
+    one-probe `mdpr query`. Any problem with the cache just means computing the fingerprint again."""
+    import json
+
+    from mdpr import __version__
+    from mdpr.data.records import mdpr_home
+
+    try:
+        st = weights.stat()
+        key = f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{__version__}"
+        cache = mdpr_home() / "cache" / "fingerprints.json"
+        entries = json.loads(cache.read_text()) if cache.is_file() else {}
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        return compute()
+    if isinstance(entries.get(key), str):
+        return entries[key]
+    value = compute()
+    entries[key] = value
+    entries = dict(list(entries.items())[-_FINGERPRINT_CACHE_SIZE:])
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return value
 
 
 class _eval_mode:

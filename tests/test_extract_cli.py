@@ -228,3 +228,23 @@ def test_dataset_split_uses_the_manifest_labels(tmp_path: Path, weights: Path) -
         assert store.camids.tolist() == [r.camid for r in manifest.query]
     empty = _extract("--dataset", "nonexistent", "--weights", str(weights), "--output", str(out))
     assert empty.exit_code == 2 and "nonexistent" in empty.stderr
+
+
+def test_fingerprint_is_cached_per_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mdpr.model.weights as weights_mod
+
+    path = tiny_checkpoint(tmp_path / "w.pt", seed=5)
+    first = FeatureExtractor(path, device="cpu").fingerprint
+
+    def no_hashing(state_dict: object, length: int = 16) -> str:
+        raise AssertionError("the fingerprint should come from the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(weights_mod, "state_dict_fingerprint", no_hashing)
+        assert FeatureExtractor(path, device="cpu").fingerprint == first
+    tiny_checkpoint(path, seed=6)  # new weights in the same file: a new entry, a new fingerprint
+    second = FeatureExtractor(path, device="cpu")
+    assert second.fingerprint != first
+    from mdpr.model.weights import state_dict_fingerprint
+
+    assert second.fingerprint == state_dict_fingerprint(second.model.state_dict())
