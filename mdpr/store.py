@@ -612,7 +612,7 @@ def _concat(parts: List[_Rows]) -> _Rows:
 
 
 def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows flushes only writable handles
     try:
         os.fsync(fd)
     finally:
@@ -645,7 +645,7 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         self._locked = False
         self.header: Optional[Dict[str, Any]] = None
         self.records: List[_Record] = []
@@ -669,23 +669,23 @@ class _Journal:
         """Read the header and every complete record; remember where the valid part ends."""
         size = os.fstat(self.fd).st_size
         self.header, self.records, self.end = None, [], 0
-        head = os.pread(self.fd, len(_JOURNAL_MAGIC) + _U32.size, 0)
+        head = _pread(self.fd, len(_JOURNAL_MAGIC) + _U32.size, 0)
         if len(head) < len(_JOURNAL_MAGIC) + _U32.size or head[: len(_JOURNAL_MAGIC)] != _JOURNAL_MAGIC:
             return
         (hlen,) = _U32.unpack_from(head, len(_JOURNAL_MAGIC))
         pos = len(head)
-        body = os.pread(self.fd, hlen + _U32.size, pos)
+        body = _pread(self.fd, hlen + _U32.size, pos)
         if len(body) < hlen + _U32.size or zlib.crc32(body[:hlen]) != _U32.unpack_from(body, hlen)[0]:
             return
         self.header = json.loads(body[:hlen].decode("utf-8"))
         pos += hlen + _U32.size
         self.end = pos
         while pos + _RECORD_HEADER.size <= size:
-            magic, length, crc = _RECORD_HEADER.unpack(os.pread(self.fd, _RECORD_HEADER.size, pos))
+            magic, length, crc = _RECORD_HEADER.unpack(_pread(self.fd, _RECORD_HEADER.size, pos))
             start = pos + _RECORD_HEADER.size
             if magic != _RECORD_MAGIC or start + length > size:
                 break
-            payload = os.pread(self.fd, length, start)
+            payload = _pread(self.fd, length, start)
             if len(payload) != length or zlib.crc32(payload) != crc:
                 break
             (jlen,) = _U32.unpack_from(payload, 0)
@@ -701,7 +701,7 @@ class _Journal:
         # Forget the old records first: if this is interrupted, memory must not point into a cut file.
         self.header, self.records, self.end = None, [], 0
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, blob, 0)
+        _pwrite_all(self.fd, blob, 0)
         os.fsync(self.fd)
         self.header, self.records, self.end = header, [], len(blob)
 
@@ -724,7 +724,7 @@ class _Journal:
             self._last_sync = now
 
     def read(self, record: _Record, meta: StoreMeta) -> Tuple[Dict[str, Any], np.ndarray]:
-        payload = os.pread(self.fd, record.length, record.offset)
+        payload = _pread(self.fd, record.length, record.offset)
         (jlen,) = _U32.unpack_from(payload, 0)
         info = json.loads(payload[_U32.size : _U32.size + jlen].decode("utf-8"))
         feats = np.frombuffer(payload, dtype=np.dtype(meta.dtype).newbyteorder("<"), offset=_U32.size + jlen)
@@ -743,10 +743,21 @@ class _Journal:
         self.fd = -1
 
 
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: one thread uses the journal, so seek + read is safe
+    return os.read(fd, length)
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(fd, view, offset)
+        else:
+            os.lseek(fd, offset, os.SEEK_SET)
+            written = os.write(fd, view)
         view = view[written:]
         offset += written
 
