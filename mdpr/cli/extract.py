@@ -17,7 +17,7 @@ EXAMPLES = """
   mdpr extract --images crops/ --weights model.pt --output feats.h5
   mdpr extract --images crops/ --weights model.pt --output feats.h5 --half --flip --batch-size 128
   mdpr extract --images new_crops/ --weights model.pt --output feats.h5 --append
-  mdpr extract --dataset demo --split gallery --weights runs/demo/model_final.pt --output demo_gallery.h5
+  mdpr extract --dataset demo --split query --weights mdpr-demo/run/model.pt --output demo_query.h5
 
 Interrupted (Ctrl-C, kill, power cut)? Re-run the same command: it continues where it stopped,
 with every image stored exactly once.
