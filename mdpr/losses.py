@@ -56,6 +56,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 
     ``epsilon < 0`` selects fast-reid's adaptive smoothing (``eps = alpha * p_target``). The per-sample losses are
     averaged over the samples with a non-zero loss (fast-reid's convention).
     """
+    logits = logits.float()  # mixed precision: the loss itself is computed in float32
     num_classes = logits.shape[1]
     log_probs = F.log_softmax(logits, dim=1)
     with torch.no_grad():
@@ -95,6 +96,7 @@ def triplet_loss(features: torch.Tensor, targets: torch.Tensor, margin: float = 
 
     ``margin > 0``: ``mean(max(0, d_ap - d_an + margin))``; ``margin <= 0``: soft margin ``mean(log(1 + exp(d_ap - d_an)))``.
     """
+    features = features.float()  # under mixed precision, |x|^2 - 2xy in half precision can overflow or cancel
     dist = cosine_distances(features) if norm_feat else euclidean_distances(features)
     same = targets[:, None].eq(targets[None, :])
     is_pos, is_neg = same.to(dist.dtype), (~same).to(dist.dtype)
@@ -116,7 +118,8 @@ def triplet_loss(features: torch.Tensor, targets: torch.Tensor, margin: float = 
 def attention_diversity(parts: List[torch.Tensor]) -> torch.Tensor:
     """Sum over part pairs i < j of the batch-mean cosine similarity of the pooled part embeddings
     (the official ``cross_catgory_loss``; it pushes different attention maps onto different content)."""
-    unit = [p.flatten(1) / p.flatten(1).norm(dim=1, keepdim=True) for p in parts]
+    flat = [p.flatten(1).float() for p in parts]
+    unit = [p / p.norm(dim=1, keepdim=True) for p in flat]
     loss = unit[0].new_zeros(())
     for i in range(len(unit)):
         for j in range(i + 1, len(unit)):
@@ -126,12 +129,14 @@ def attention_diversity(parts: List[torch.Tensor]) -> torch.Tensor:
 
 def attention_mass(maps: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention-mass regulariser: ``scale * sum(maps) / N`` (favours leaving background to the background channel)."""
-    return maps.sum() / maps.shape[0] * scale
+    return maps.float().sum() / maps.shape[0] * scale
 
 
 def mutual_distillation(hard_prediction: torch.Tensor, soft_prediction: torch.Tensor, hard_features: torch.Tensor,
                         soft_features: torch.Tensor) -> torch.Tensor:
     """Symmetric negative cosine with stop-gradient on the targets (SimSiam style)."""
+    hard_prediction, soft_prediction = hard_prediction.float(), soft_prediction.float()
+    hard_features, soft_features = hard_features.float(), soft_features.float()
     return -0.5 * (F.cosine_similarity(hard_prediction, soft_features.detach()).mean()
                    + F.cosine_similarity(soft_prediction, hard_features.detach()).mean())
 

@@ -119,3 +119,14 @@ def test_disabling_diversity_drops_its_terms_and_linear_logits_are_scaled():
     assert "loss_attn_bap3_cls" in losses and "loss_fusion_cls" not in losses
     expected = cross_entropy(outputs.hard_global.logits * 2.0, targets, 0.1)
     torch.testing.assert_close(losses["loss_hard_global_cls"], expected)
+
+
+def test_losses_are_finite_under_mixed_precision():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=18, embedding_dim=8, num_classes=4))
+    x = torch.rand(4, 3, 64, 32) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = MDPRLoss(LossConfig())(model(x), torch.tensor([0, 0, 1, 1]))
+    assert len(losses) == 19
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values()), losses
+    sum(losses.values()).backward()

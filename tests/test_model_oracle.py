@@ -25,10 +25,14 @@ LOSS_RTOL, LOSS_ATOL = 5e-4, 1e-4
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: OpenMP hand-offs between two threads stall badly when the shared cores are busy."""
+def two_torch_threads():
+    """Two threads, like the run that produced the oracle: the closest floating-point reduction order.
+
+    Measured here: the official code and ours agree bit for bit at any thread count, and both differ from the
+    stored losses by up to 0.14x the tolerance with 2 threads, 0.63x with 1 (``loss_hard_part_1_triplet``).
+    """
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
 
