@@ -5,7 +5,7 @@ BGR with ``frame[:, :, ::-1]``). ``mdpr.FeatureExtractor`` embeds them with exac
 `mdpr extract`, and ``mdpr.search.search`` ranks the gallery store in chunks (bounded memory).
 
     mdpr demo                                   # or any trained checkpoint and store
-    python examples/embed_tracker_crops.py --weights mdpr-demo/run/last.pt --gallery mdpr-demo/gallery.h5 \
+    python examples/embed_tracker_crops.py --weights mdpr-demo/run/model.pt --gallery mdpr-demo/gallery.h5 \
         --frame mdpr-demo/data/query/0001_c3s5_001556_01.jpg
 """
 

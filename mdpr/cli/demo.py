@@ -45,7 +45,7 @@ def demo(
         raise MdprError(f"--out {out} is a file; pass a folder for the demo's artefacts.")
     started = time.perf_counter()
     data, run = out / "data", out / "run"
-    weights = run / "last.pt"
+    weights = run / "model.pt"
     store, picture, metrics_file = out / "gallery.h5", out / "ranked.png", out / "metrics.json"
 
     prepare = ["prepare", "demo", str(data), "--name", name, "--ids", str(ids), "--images-per-id", str(images_per_id)]
@@ -116,7 +116,7 @@ def _print_summary(out: Path, data: Path, run: Path, store: Path, picture: Path,
     table.add_column("where")
     for what, where in [("synthetic dataset (Market-1501 layout)", data),
                         ("training run: config, metrics.jsonl, training.png, checkpoints", run),
-                        ("trained model", run / "last.pt"), ("evaluation metrics (JSON)", metrics_file),
+                        ("trained model", run / "model.pt"), ("evaluation metrics (JSON)", metrics_file),
                         ("gallery feature store (HDF5)", store), ("ranked list of the probe", picture)]:
         table.add_row(what, str(where))
     console.print(table)
