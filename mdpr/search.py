@@ -3,7 +3,9 @@
 The gallery is scanned once, block by block (bounded memory), whatever the number of probes: each
 block is converted to float32 in a small reusable buffer, multiplied with all probes at once, and a
 running top-k is kept. On disk, blocks are memory-mapped chunks that the kernel reads ahead while the
-previous block is being multiplied (see :meth:`mdpr.store.FeatureStore.scan`).
+previous block is being multiplied (see :meth:`mdpr.store.FeatureStore.scan`). With a few probes the
+scan is memory-bound and runs on one torch thread (cache-sized pieces, no barrier stalls on a busy
+machine); with many it is a matrix product and uses all threads.
 
 Distances: ``cosine`` (default) is ``1 - cos(q, g)`` in [0, 2], correct whether the store holds
 L2-normalised features or raw ones (then the gallery norms are computed on the fly); ``euclidean`` is
@@ -26,6 +28,10 @@ METRICS = ("cosine", "euclidean")
 SCORE_BUFFER_BYTES = 64 << 20
 #: Rows per block when the gallery is already in memory.
 MEMORY_BLOCK_ROWS = 1 << 16
+#: float32 bytes per converted piece of a float16 block in a single-threaded scan (about the L2 cache).
+CAST_PIECE_BYTES = 4 << 20
+#: Up to this many probes the scan is memory-bound and runs on one thread (see ``_exact_topk``).
+SINGLE_THREAD_MAX_PROBES = 4
 
 Progress = Callable[[int, int], None]
 
@@ -68,6 +74,9 @@ class GalleryIndex:
         return int(self.features.shape[1])
 
     def blocks(self) -> Iterable[Tuple[int, Any]]:
+        if self.features.dtype == torch.float32:
+            yield 0, self.features  # no conversion needed: one block, as few (threaded) operations as possible
+            return
         for start in range(0, len(self), MEMORY_BLOCK_ROWS):
             yield start, self.features[start : start + MEMORY_BLOCK_ROWS]
 
@@ -154,27 +163,34 @@ def _exact_topk(
         buf_start += filled
         filled = 0
 
-    with torch.inference_mode():
+    # A few probes make the scan memory-bound: one thread streams it as fast as several, and it avoids
+    # the barrier that ends every parallel operation (slow when other processes compete for the cores),
+    # so float16 rows can be converted in cache-sized pieces that the product then reads from cache.
+    # Many probes make it compute-bound (a matrix product): all threads, few big operations.
+    single = num_probes <= SINGLE_THREAD_MAX_PROBES or torch.get_num_threads() == 1
+    cast_rows = max(256, CAST_PIECE_BYTES // (dim * 4)) if single else rows_cap
+    with torch.inference_mode(), _torch_threads(1 if single else None):
         for start, block in blocks:
             b = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
             rows = int(b.shape[0])
-            if b.dtype != torch.float32:
-                if convert is None or convert.shape[0] < rows:
-                    convert = torch.empty((rows, dim), dtype=torch.float32)
-                convert[:rows].copy_(b)
-                b = convert[:rows]
-            if start != buf_start + filled or filled + rows > rows_cap:
-                flush()
-                buf_start = start
-            # A block may be bigger than the buffer (tiny rows_cap with many probes): split it.
-            for off in range(0, rows, rows_cap):
-                part = b[off : off + rows_cap]
+            cast = b.dtype != torch.float32
+            piece = min(rows_cap, cast_rows) if cast else rows_cap
+            for off in range(0, rows, piece):
+                part = b[off : off + piece]
                 m = int(part.shape[0])
-                if filled + m > rows_cap:
+                if cast:
+                    if convert is None or convert.shape[0] < m:
+                        convert = torch.empty((m, dim), dtype=torch.float32)
+                    convert[:m].copy_(part)
+                    part = convert[:m]
+                if start + off != buf_start + filled or filled + m > rows_cap:
                     flush()
                     buf_start = start + off
                 out = scores[filled : filled + m]
-                torch.mm(part, pt, out=out)
+                if num_probes == 1:
+                    torch.mv(part, pt[:, 0], out=out[:, 0])  # matrix-vector: faster than a 1-column mm
+                else:
+                    torch.mm(part, pt, out=out)
                 if metric == "cosine" and not normalized:
                     out.div_(part.norm(dim=1, keepdim=True).clamp_min(1e-12))
                 elif metric == "euclidean":
@@ -193,6 +209,22 @@ def _exact_topk(
         q2 = (probes.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
         dist = np.sqrt(np.maximum(q2 - values, 0.0))
     return _sorted(idx, dist)
+
+
+class _torch_threads:
+    """Run a block with ``n`` torch intra-op threads (None: unchanged), restoring the previous count."""
+
+    def __init__(self, n: Optional[int]) -> None:
+        self.n = n
+        self.previous = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n is not None and self.n != self.previous:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.n is not None and self.n != self.previous:
+            torch.set_num_threads(self.previous)
 
 
 def _sorted(idx: np.ndarray, dist: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -198,6 +198,7 @@ class FeatureStore:
                 )
         self._pids: Optional[np.ndarray] = None
         self._camids: Optional[np.ndarray] = None
+        self._mapping: Any = None  # None: not tried yet; False: not mappable; else (mmap, chunk_rows, offsets)
 
     # -- opening
     @classmethod
@@ -237,6 +238,10 @@ class FeatureStore:
             raise
 
     def close(self) -> None:
+        if self._mapping:
+            with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps it later
+                self._mapping[0].close()
+        self._mapping = False
         self._h5.close()
 
     def __enter__(self) -> FeatureStore:
@@ -344,7 +349,19 @@ class FeatureStore:
         """The whole (N, D) matrix (or the given rows, in the given order) in memory; dtype defaults to the stored one."""
         dtype = np.dtype(dtype or self.dtype)
         if rows is not None:
-            return np.asarray(_take(self._features, rows), dtype=dtype).reshape(-1, self.dim)
+            idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+                raise IndexError(f"row index out of range for a store of {self._n} rows")
+            mapped = self._mapped()
+            if mapped is None:
+                return np.asarray(_take(self._features, idx), dtype=dtype).reshape(-1, self.dim)
+            mm, chunk_rows, offsets = mapped
+            row_bytes = self.dim * self.dtype.itemsize
+            out = np.empty((idx.size, self.dim), dtype=dtype)
+            for i, r in enumerate(idx.tolist()):  # one row each, straight from the mapped chunk
+                offset = offsets[r // chunk_rows] + (r % chunk_rows) * row_bytes
+                out[i] = np.frombuffer(mm, dtype=self.dtype, count=self.dim, offset=offset)
+            return out
         out = np.empty((self._n, self.dim), dtype=dtype)
         step = self.default_chunk_rows(self.dtype)
         for start in range(0, self._n, step):
@@ -355,42 +372,55 @@ class FeatureStore:
                 out[start:stop] = self._features[start:stop]
         return out
 
-    def scan(self, prefetch_bytes: int = 16 << 20) -> Iterator[Tuple[int, np.ndarray]]:
-        """Yield ``(start, block)`` in row order as zero-copy, read-only views in the stored dtype.
+    def scan(self, block_bytes: int = 32 << 20, prefetch_bytes: int = 32 << 20) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield ``(start, block)`` in row order as zero-copy views in the stored dtype (do not modify them).
 
-        The fastest way through the whole matrix: uncompressed chunks are memory-mapped and the kernel
-        is asked to read ahead (``MADV_WILLNEED``), so disk reads overlap with the caller's compute.
-        Blocks are only valid until the next one is requested. Falls back to ordinary HDF5 reads
-        when the layout does not allow mapping.
+        The fastest way through the whole matrix: uncompressed chunks are memory-mapped, runs of chunks
+        that lie back to back in the file are served as one block of up to ``block_bytes``, and the
+        kernel is asked to read ``prefetch_bytes`` ahead (``MADV_WILLNEED``) so that disk reads overlap
+        with the caller's compute. Falls back to ordinary HDF5 reads when the layout does not allow mapping.
         """
-        layout = self._chunk_layout()
-        if layout is None:
+        mapped = self._mapped()
+        if mapped is None:
             yield from self.chunks(self.default_chunk_rows(self.dtype), dtype=self.dtype)
             return
-        chunk_rows, offsets = layout
-        row_bytes = self.dim * self.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            try:
-                # Copy-on-write mapping: the views are writable numpy arrays (torch accepts them without a
-                # warning) and nothing written to them could ever reach the file.
-                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-            except (OSError, ValueError):
-                yield from self.chunks(self.default_chunk_rows(self.dtype), dtype=self.dtype)
-                return
-            try:
-                advise = getattr(mm, "madvise", None) if hasattr(mmap, "MADV_WILLNEED") else None
-                ahead = max(1, prefetch_bytes // (chunk_rows * row_bytes))
-                advised = 0
-                for i, offset in enumerate(offsets):
-                    while advise is not None and advised < min(len(offsets), i + ahead):
-                        _willneed(mm, offsets[advised], chunk_rows * row_bytes)
-                        advised += 1
-                    start = i * chunk_rows
-                    n = min(chunk_rows, self._n - start)
-                    yield start, np.frombuffer(mm, dtype=self.dtype, count=n * self.dim, offset=offset).reshape(n, self.dim)
-            finally:
-                with contextlib.suppress(BufferError):  # a caller still holding a view; the GC unmaps later
-                    mm.close()
+        mm, chunk_rows, offsets = mapped
+        chunk_bytes = chunk_rows * self.dim * self.dtype.itemsize
+        per_block = max(1, block_bytes // chunk_bytes)
+        runs: List[Tuple[int, int]] = []  # (first chunk, number of chunks)
+        for i, offset in enumerate(offsets):
+            first, count = runs[-1] if runs else (-1, 0)
+            if runs and count < per_block and offset == offsets[first] + count * chunk_bytes:
+                runs[-1] = (first, count + 1)
+            else:
+                runs.append((i, 1))
+        position = [0]  # bytes before each run, in scan order
+        for _, count in runs:
+            position.append(position[-1] + count * chunk_bytes)
+        advised = 0  # runs already handed to the kernel's read-ahead
+        for r, (first, count) in enumerate(runs):
+            while advised < len(runs) and position[advised] < position[r + 1] + prefetch_bytes:
+                a_first, a_count = runs[advised]
+                _willneed(mm, offsets[a_first], a_count * chunk_bytes)
+                advised += 1
+            start = first * chunk_rows
+            n = min(count * chunk_rows, self._n - start)
+            yield start, np.frombuffer(mm, dtype=self.dtype, count=n * self.dim, offset=offsets[first]).reshape(n, self.dim)
+
+    def _mapped(self) -> Optional[Tuple[mmap.mmap, int, List[int]]]:
+        """``(memory map of the file, rows per chunk, byte offset of each chunk)``, or None when not mappable."""
+        if self._mapping is None:
+            self._mapping = False
+            layout = self._chunk_layout()
+            if layout is not None:
+                try:
+                    with open(self.path, "rb") as fh:
+                        # Copy-on-write: the views are writable numpy arrays (torch takes them without a
+                        # warning) and nothing written to them could ever reach the file.
+                        self._mapping = (mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY), *layout)
+                except (OSError, ValueError):
+                    self._mapping = False
+        return self._mapping or None
 
     def _chunk_layout(self) -> Optional[Tuple[int, List[int]]]:
         """``(rows per chunk, byte offset of each chunk in row order)`` when every chunk can be mapped directly."""
@@ -402,11 +432,12 @@ class FeatureStore:
         if d.dtype.byteorder not in ("=", "<", "|") or sys.byteorder != "little":
             return None
         chunk_rows = int(d.chunks[0])
+        chunk_bytes = chunk_rows * self.dim * self.dtype.itemsize
         expected = math.ceil(self._n / chunk_rows)
         found: Dict[int, int] = {}
         try:
             def visit(info: Any) -> None:
-                if info.filter_mask == 0:
+                if info.filter_mask == 0 and info.size == chunk_bytes:
                     found[int(info.chunk_offset[0]) // chunk_rows] = int(info.byte_offset)
 
             d.id.chunk_iter(visit)

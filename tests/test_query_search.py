@@ -88,3 +88,16 @@ def test_bad_search_input() -> None:
         search(gallery, np.ones(8), top_k=0)
     with pytest.raises(MdprError, match="NaN"):
         search(gallery, np.full(8, np.nan))
+
+
+def test_many_probes_take_the_multithreaded_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(11)
+    gallery = rng.standard_normal((2500, 16)).astype(np.float32)
+    probes = rng.standard_normal((search_mod.SINGLE_THREAD_MAX_PROBES + 3, 16)).astype(np.float32)
+    write_store(tmp_path / "g.h5", StoreMeta(dim=16, dtype="float16", normalized=False), gallery,
+                [f"{i}.jpg" for i in range(2500)])
+    monkeypatch.setattr(search_mod, "SCORE_BUFFER_BYTES", 4 * probes.shape[0] * 300)
+    with FeatureStore.open(tmp_path / "g.h5") as store:
+        ref = _brute_force(probes, store.read_features(np.float64), "cosine")
+        result = search(store, probes, top_k=5)
+    np.testing.assert_array_equal(result.indices, np.argsort(ref, axis=1, kind="stable")[:, :5])
