@@ -52,7 +52,7 @@ def _query(*args: str) -> object:
 def test_json_shape_and_brute_force_agreement(gallery: dict) -> None:
     probes = sorted((gallery["images"] / "real").glob("*.jpg"))[:2]
     result = _query(*map(str, probes), "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]),
-                    "--top-k", "4", "--json")
+                    "--top-k", "4", "--json", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert [o["probe"] for o in out] == [str(p) for p in probes]

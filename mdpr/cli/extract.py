@@ -52,6 +52,8 @@ def extract(
     append: bool = typer.Option(False, "--append", help="Add images that are not in an existing complete store yet."),
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", min=0.0,
                                            help="Seconds between refreshes of the store file during a long run."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help="CPU threads for the model (default: one per core)."),
 ) -> None:
     """Embed every image of a folder (or of a dataset split) into a feature store for `mdpr query`.
 
@@ -64,6 +66,10 @@ def extract(
 
     from mdpr.inference import FeatureExtractor, ImageItem, extract_to_store, items_from_folder
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if (images is None) == (dataset is None):
         raise MdprError("Pass exactly one of --images FOLDER or --dataset NAME to say which images to index.")
     if images is not None:

@@ -40,6 +40,8 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of tables."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write a ranked-list picture (PNG).", show_default=False),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help="CPU threads for the model (default: one per core)."),
 ) -> None:
     """Embed the probe image(s) with the store's model and list the nearest gallery images.
 
@@ -48,6 +50,10 @@ def query(
     """
     from mdpr.store import FeatureStore
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if save is not None and save.suffix.lower() != ".png":
         raise MdprError(f"--save writes a PNG picture; give it a .png file name instead of {save}.")
     probe_paths = _probe_files(probes)
