@@ -167,36 +167,38 @@ def _exact_topk(
     # the barrier that ends every parallel operation (slow when other processes compete for the cores),
     # so float16 rows can be converted in cache-sized pieces that the product then reads from cache.
     # Many probes make it compute-bound (a matrix product): all threads, few big operations.
+    # (float32 blocks need no conversion: one big product per block, with all threads.)
     single = num_probes <= SINGLE_THREAD_MAX_PROBES or torch.get_num_threads() == 1
     cast_rows = max(256, CAST_PIECE_BYTES // (dim * 4)) if single else rows_cap
-    with torch.inference_mode(), _torch_threads(1 if single else None):
+    with torch.inference_mode():
         for start, block in blocks:
             b = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
             rows = int(b.shape[0])
             cast = b.dtype != torch.float32
             piece = min(rows_cap, cast_rows) if cast else rows_cap
-            for off in range(0, rows, piece):
-                part = b[off : off + piece]
-                m = int(part.shape[0])
-                if cast:
-                    if convert is None or convert.shape[0] < m:
-                        convert = torch.empty((m, dim), dtype=torch.float32)
-                    convert[:m].copy_(part)
-                    part = convert[:m]
-                if start + off != buf_start + filled or filled + m > rows_cap:
-                    flush()
-                    buf_start = start + off
-                out = scores[filled : filled + m]
-                if num_probes == 1:
-                    torch.mv(part, pt[:, 0], out=out[:, 0])  # matrix-vector: faster than a 1-column mm
-                else:
-                    torch.mm(part, pt, out=out)
-                if metric == "cosine" and not normalized:
-                    out.div_(part.norm(dim=1, keepdim=True).clamp_min(1e-12))
-                elif metric == "euclidean":
-                    sq = (part * part).sum(dim=1, keepdim=True) if not normalized else 1.0
-                    out.mul_(2.0).sub_(sq)
-                filled += m
+            with _torch_threads(1 if cast and single else None):
+                for off in range(0, rows, piece):
+                    part = b[off : off + piece]
+                    m = int(part.shape[0])
+                    if cast:
+                        if convert is None or convert.shape[0] < m:
+                            convert = torch.empty((m, dim), dtype=torch.float32)
+                        convert[:m].copy_(part)
+                        part = convert[:m]
+                    if start + off != buf_start + filled or filled + m > rows_cap:
+                        flush()
+                        buf_start = start + off
+                    out = scores[filled : filled + m]
+                    if num_probes == 1:
+                        torch.mv(part, pt[:, 0], out=out[:, 0])  # matrix-vector: faster than a 1-column mm
+                    else:
+                        torch.mm(part, pt, out=out)
+                    if metric == "cosine" and not normalized:
+                        out.div_(part.norm(dim=1, keepdim=True).clamp_min(1e-12))
+                    elif metric == "euclidean":
+                        sq = (part * part).sum(dim=1, keepdim=True) if not normalized else 1.0
+                        out.mul_(2.0).sub_(sq)
+                    filled += m
             done += rows
             if progress is not None:
                 progress(done, total)
