@@ -106,7 +106,7 @@ class SolverConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    eval_period: int = 10  #: epochs between evaluations; 0 = only at the end
+    eval_period: int = 10  #: epochs between evaluations; 0 = only at the end, -1 = never
     checkpoint_period: int = 10
     log_period: int = 20  #: iterations between log lines / metrics.jsonl records
     sync_bn: bool = False

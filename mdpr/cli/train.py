@@ -219,7 +219,7 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object (progress on stderr)."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
-    from mdpr.engine.distributed import init_from_torchrun, launch, plan_processes, torchrun_env
+    from mdpr.engine.distributed import cleanup, init_from_torchrun, launch, plan_processes, torchrun_env
     from mdpr.engine.trainer import SUMMARY, TrainRequest, plan_run, run_training
     from mdpr.errors import MdprError
 
@@ -259,7 +259,11 @@ def train(
         device=device_type or device,
     )
     if ctx is not None:
-        summary = run_training(ctx, request, reporter)
+        try:
+            summary = run_training(ctx, request, reporter)
+        finally:
+            reporter.stop()
+            cleanup()
         if not ctx.is_main:
             return
     elif nprocs > 1:
