@@ -53,7 +53,8 @@ def extract(
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", min=0.0,
                                            help="Seconds between refreshes of the store file during a long run."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core)."),
+                                          help="CPU threads for the model (default: one per core; one when the "
+                                               "machine is already busy)."),
 ) -> None:
     """Embed every image of a folder (or of a dataset split) into a feature store for `mdpr query`.
 
@@ -66,10 +67,6 @@ def extract(
 
     from mdpr.inference import FeatureExtractor, ImageItem, extract_to_store, items_from_folder
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     if (images is None) == (dataset is None):
         raise MdprError("Pass exactly one of --images FOLDER or --dataset NAME to say which images to index.")
     if images is not None:
@@ -88,7 +85,10 @@ def extract(
         root = Path(manifest.root).resolve()
         source = f"{manifest.name}/{split.value}"
 
+    busy = _set_threads(threads)
     extractor = FeatureExtractor(weights, device=device, batch_size=batch_size, num_workers=workers, flip=flip)
+    if busy and extractor.device.type == "cpu":
+        _busy_note()
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` gets the same clean stop as Ctrl-C
     try:
@@ -149,3 +149,19 @@ def _report(summary: Any, source: str) -> None:
             console.print(f"  {path}: {reason}", highlight=False, markup=False, soft_wrap=True)
         if n > _SHOWN_FAILURES:
             console.print(f"  ... and {n - _SHOWN_FAILURES} more", highlight=False, soft_wrap=True)
+
+
+def _set_threads(requested: Optional[int]) -> bool:
+    """Set torch's CPU threads (see :func:`mdpr.inference.choose_cpu_threads`); True when reduced for a busy CPU."""
+    import torch
+
+    from mdpr.inference import choose_cpu_threads
+
+    threads, why = choose_cpu_threads(requested)
+    torch.set_num_threads(threads)
+    return why == "busy"
+
+
+def _busy_note() -> None:
+    err_console.print("[dim]Note: the CPU is busy with other processes, so the model runs on 1 thread (faster "
+                      "then); choose with --threads.[/]", highlight=False, soft_wrap=True)

@@ -41,7 +41,8 @@ def query(
     save: Optional[Path] = typer.Option(None, "--save", help="Write a ranked-list picture (PNG).", show_default=False),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core)."),
+                                          help="CPU threads for the model (default: one per core; one when the "
+                                               "machine is already busy)."),
 ) -> None:
     """Embed the probe image(s) with the store's model and list the nearest gallery images.
 
@@ -50,20 +51,17 @@ def query(
     """
     from mdpr.store import FeatureStore
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     if save is not None and save.suffix.lower() != ".png":
         raise MdprError(f"--save writes a PNG picture; give it a .png file name instead of {save}.")
     probe_paths = _probe_files(probes)
+    probe_images = _decode(probe_paths)  # unreadable probes are refused before the model is loaded
     with FeatureStore.open(gallery) as store:
         if len(store) == 0:
             raise MdprError(f"Feature store {gallery} is empty; add images with `mdpr extract --output {gallery}`.")
         if store.has_pending_journal or not store.complete:
             err_console.print(f"[yellow]Note:[/] {gallery} is incomplete (an extraction was interrupted); re-run "
                               "the same `mdpr extract` command to finish it.", highlight=False)
-        results = _search(store, probe_paths, weights, device, top_k, rerank, rerank_pool, metric.value)
+        results = _search(store, probe_images, weights, device, threads, top_k, rerank, rerank_pool, metric.value)
         if save is not None:
             _save_picture(store, probe_paths, results, save)
     if as_json:
@@ -91,11 +89,26 @@ def _probe_files(probes: List[Path]) -> List[Path]:
     return files
 
 
-def _search(store: Any, probe_paths: List[Path], weights: Path, device: str, top_k: int, rerank: bool,
-            rerank_pool: int, metric: str) -> List[List[Dict[str, Any]]]:
+def _decode(paths: List[Path]) -> List[Any]:
+    from mdpr.data.images import ImageReadError, load_rgb
+
+    images = []
+    for p in paths:
+        try:
+            images.append(load_rgb(p))
+        except ImageReadError as exc:
+            reason = str(exc).removeprefix(f"{p}: ")
+            raise MdprError(f"Probe image {p} could not be read ({reason}); pass a JPEG, PNG, BMP or WebP file.") from None
+    return images
+
+
+def _search(store: Any, probe_images: List[Any], weights: Path, device: str, threads: Optional[int], top_k: int,
+            rerank: bool, rerank_pool: int, metric: str) -> List[List[Dict[str, Any]]]:
+    from mdpr.cli.extract import _busy_note, _set_threads
     from mdpr.inference import FeatureExtractor
     from mdpr.search import ranked_results, search
 
+    busy = _set_threads(threads)
     extractor = FeatureExtractor(weights, device=device, num_workers=0, flip=store.flip)
     if extractor.fingerprint != store.fingerprint:
         raise MdprError(
@@ -103,7 +116,9 @@ def _search(store: Any, probe_paths: List[Path], weights: Path, device: str, top
             f"(fingerprint {store.fingerprint or 'none'}); query with the same weights, or re-extract the gallery "
             f"with `mdpr extract --weights {weights}`."
         )
-    probe_feats = extractor(probe_paths)
+    if busy and extractor.device.type == "cpu":
+        _busy_note()
+    probe_feats = extractor(probe_images)
     result = search(store, probe_feats, top_k=top_k, metric=metric, rerank=rerank, rerank_pool=rerank_pool)
     return ranked_results(store, result)
 
