@@ -669,6 +669,8 @@ class _Record:
     offset: int  # of the payload
     length: int
     rows: int
+    paths: List[str] = field(default_factory=list)
+    failed: List[Any] = field(default_factory=list)
 
 
 class _Journal:
@@ -721,7 +723,7 @@ class _Journal:
                 break
             (jlen,) = _U32.unpack_from(payload, 0)
             info = json.loads(payload[_U32.size : _U32.size + jlen].decode("utf-8"))
-            self.records.append(_Record(start, length, len(info["paths"])))
+            self.records.append(_Record(start, length, len(info["paths"]), info["paths"], info.get("failed", [])))
             pos = start + length
             self.end = pos
 
@@ -747,7 +749,8 @@ class _Journal:
         payload = b"".join((_U32.pack(len(meta)), meta, little.tobytes()))
         blob = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
         _pwrite_all(self.fd, blob, self.end)
-        self.records.append(_Record(self.end + _RECORD_HEADER.size, len(payload), len(info["paths"])))
+        self.records.append(_Record(self.end + _RECORD_HEADER.size, len(payload), len(info["paths"]), info["paths"],
+                                    info.get("failed", [])))
         self.end += len(blob)
         now = time.monotonic()
         if now - self._last_sync >= fsync_interval:
@@ -868,11 +871,13 @@ class StoreWriter:
         else:
             jmeta = StoreMeta.from_json(journal.header["meta"])
             jmeta.check_compatible(self.meta, f"The interrupted extraction in {journal.path}")
+            if not self.path.exists():  # its rows' paths are relative to its own root: keep its description
+                self.meta = jmeta
+                self.created = str(journal.header.get("created") or self.created)
             journal.truncate_tail()
             for rec in journal.records:
-                info, _ = journal.read(rec, self.meta)
-                self.keys.update(info["paths"])
-                self.failed.update({p: r for p, r in info.get("failed", [])})
+                self.keys.update(rec.paths)
+                self.failed.update({p: r for p, r in rec.failed})
         if not self.path.exists():
             # Create the (empty) store right away: the file exists and is readable from the start.
             self._fold(complete=False)

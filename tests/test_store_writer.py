@@ -105,6 +105,18 @@ def test_garbage_journal_is_ignored(tmp_path: Path) -> None:
     _assert_exactly_once(out, 2)
 
 
+def test_journal_without_its_store_keeps_its_own_description(tmp_path: Path) -> None:
+    out = tmp_path / "s.h5"
+    w = StoreWriter(out, _meta(root="/data/first"))
+    w.add(*_rows(0, 3))
+    w.abort()
+    out.unlink()  # the store is gone, the journal's rows are relative to /data/first
+    with StoreWriter(out, _meta(root="/data/second")) as w:
+        assert w.meta.root == "/data/first" and len(w) == 3
+    with FeatureStore.open(out) as store:
+        assert store.root == "/data/first" and len(store) == 3
+
+
 def test_crash_between_rename_and_journal_reset(tmp_path: Path) -> None:
     out = tmp_path / "s.h5"
     w = StoreWriter(out, _meta())
