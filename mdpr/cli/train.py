@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -219,6 +220,9 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object (progress on stderr)."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
+    # OpenMP threads that spin while waiting make CPU training several times slower as soon as other
+    # processes share the cores; passive waiting costs little on an idle machine. Must precede `import torch`.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mdpr.engine.distributed import cleanup, init_from_torchrun, launch, plan_processes, torchrun_env
     from mdpr.engine.trainer import SUMMARY, TrainRequest, plan_run, run_training
     from mdpr.errors import MdprError
