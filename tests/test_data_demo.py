@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mdpr.cli import app
 from mdpr.data import load_dataset
-from mdpr.data.demo import generate_demo
+from mdpr.data.demo import distinct_people, generate_demo
 from mdpr.data.images import parse_market_name
 from mdpr.errors import MdprError
 
@@ -40,6 +40,14 @@ def test_tiny_demo_layout_names_and_disjoint_ids(tmp_path: Path) -> None:
     assert ids["query"] <= ids["bounding_box_test"]
     assert 0 in ids["bounding_box_test"] and -1 in ids["bounding_box_test"]  # distractors and junk, as Market
     assert json.loads((root / "demo.json").read_text())["num_ids"] == 8
+
+
+def test_identities_never_dress_alike() -> None:
+    taken: set = set()
+    people = distinct_people(range(100), seed=0, taken=taken)
+    strangers = distinct_people(range(40), seed=0, taken=taken, stream=7)
+    outfits = [(p.top, p.bottom) for p in list(people.values()) + list(strangers.values())]
+    assert len(set(outfits)) == len(outfits) == 140
 
 
 def test_every_query_has_a_cross_camera_match(tmp_path: Path) -> None:

@@ -442,21 +442,20 @@ def render_image(
 # ------------------------------------------------------------------------------------------------- dataset
 
 
-def distinct_people(pids: Sequence[int], seed: int, attempts: int = 50) -> Dict[int, Person]:
-    """An appearance per pid such that no two share top colour, pattern and bottom colour, and at most
-    two share top and bottom colours (redrawn up to ``attempts`` times, so huge demos still finish)."""
+def distinct_people(
+    keys: Sequence[int], seed: int, taken: Optional[set] = None, stream: int = 6, attempts: int = 60
+) -> Dict[int, Person]:
+    """An appearance per key such that no two share both top and bottom colour (nor any pair in
+    ``taken``, which is updated), redrawn up to ``attempts`` times so that huge demos still finish."""
+    taken = set() if taken is None else taken
     people: Dict[int, Person] = {}
-    full: set = set()
-    pairs: Dict[Tuple[Color, Color], int] = {}
-    for pid in pids:
+    for key in keys:
         for attempt in range(attempts):
-            person = random_person(np.random.default_rng([seed, 6, pid, attempt]))
-            key = (person.top, person.pattern, person.bottom)
-            if key not in full and pairs.get((person.top, person.bottom), 0) < 2:
+            person = random_person(np.random.default_rng([seed, stream, key, attempt]))
+            if (person.top, person.bottom) not in taken:
                 break
-        people[pid] = person
-        full.add((person.top, person.pattern, person.bottom))
-        pairs[(person.top, person.bottom)] = pairs.get((person.top, person.bottom), 0) + 1
+        people[key] = person
+        taken.add((person.top, person.bottom))
     return people
 
 
@@ -560,7 +559,8 @@ def generate_demo(
             f"-1_c{cam}s{seq}_{frame:06d}_00.jpg"
         )
 
-    people = distinct_people(sorted(train_ids + test_ids), seed)
+    taken: set = set()
+    people = distinct_people(sorted(train_ids + test_ids), seed, taken)
     gallery_count = 0
     for pid in train_ids + test_ids:
         prng = np.random.default_rng([seed, 2, pid])
@@ -574,9 +574,11 @@ def generate_demo(
             jobs.append((f"{folder}/{name(pid, cam, irng)}", person, cam, irng, False))
     # Market-style extras in the gallery: distractors (pid 0: strangers or empty scenes) and junk (pid -1)
     n_distractors = max(1, round(0.08 * gallery_count))
+    # strangers never dress exactly like an identity (a distractor is not a second copy of someone)
+    strangers = distinct_people(range(n_distractors), seed, taken, stream=7)
     for k in range(n_distractors):
         drng = np.random.default_rng([seed, 4, k])
-        stranger = random_person(drng) if drng.random() < 0.6 else None
+        stranger = strangers[k] if drng.random() < 0.6 else None
         cam = int(drng.integers(1, cameras + 1))
         jobs.append((f"bounding_box_test/{name(0, cam, drng)}", stranger, cam, drng, False))
     for k in range(max(1, round(0.03 * gallery_count))):
