@@ -26,3 +26,19 @@ def test_help_lists_subcommands() -> None:
 def test_python_dash_m() -> None:
     out = subprocess.run([sys.executable, "-m", "mdpr", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"mdpr {__version__}"
+
+
+def test_error_messages_keep_square_brackets() -> None:
+    from mdpr.cli.app import command
+    from mdpr.errors import MdprError
+
+    @command("raise-brackets-for-test")
+    def _raise() -> None:
+        raise MdprError('install the extra: pip install "mdpr[onnx]".')
+
+    try:
+        result = runner.invoke(app, ["raise-brackets-for-test"])
+    finally:  # keep the test's command out of the real CLI
+        app.registered_commands[:] = [c for c in app.registered_commands if c.name != "raise-brackets-for-test"]
+    assert result.exit_code == 2
+    assert 'pip install "mdpr[onnx]"' in result.stderr

@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mdpr import __version__
 from mdpr.errors import MdprError
@@ -37,7 +38,8 @@ USER_ERROR = 2
 
 def fail(message: str) -> None:
     """Print one red sentence on stderr and exit with the user-error status."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: messages quote user input and commands such as pip install "mdpr[onnx]", never rich markup
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(USER_ERROR)
 
 
