@@ -248,3 +248,24 @@ def test_fingerprint_is_cached_per_weights_file(tmp_path: Path, monkeypatch: pyt
     from mdpr.model.weights import state_dict_fingerprint
 
     assert second.fingerprint == state_dict_fingerprint(second.model.state_dict())
+
+
+def test_test_transform_equals_torchvision_resize_and_skips_its_import() -> None:
+    import subprocess
+    import sys
+
+    from torchvision.transforms import functional as TF
+
+    from mdpr.data.transforms import TestTransform, interpolation_mode, pil_resize, to_tensor_255
+
+    img = Image.open(sorted(REAL_IMAGES.glob("*.jpg"))[0]).convert("RGB")
+    for name in ("nearest", "bilinear", "bicubic", "lanczos"):
+        for size in ((384, 192), (64, 32)):
+            ours = np.asarray(pil_resize(img, size, name))
+            theirs = np.asarray(TF.resize(img, list(size), interpolation=interpolation_mode(name), antialias=True))
+            np.testing.assert_array_equal(ours, theirs)
+        expected = to_tensor_255(TF.resize(img, [384, 192], interpolation=interpolation_mode(name), antialias=True))
+        assert torch.equal(TestTransform((384, 192), name)(img), expected)
+    # extract / query start-up: importing the extraction path must not pull in torchvision (+1.6 s)
+    code = "import sys, mdpr.inference, mdpr.cli.query; assert 'torchvision' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
