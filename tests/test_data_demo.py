@@ -18,9 +18,9 @@ from mdpr.errors import MdprError
 runner = CliRunner()
 TINY = dict(num_ids=8, images_per_id=4, size=(64, 32))
 
-#: measured pixel-NN mAP on the default demo (100 ids x 16, 128x64, seed 0): about 0.025, i.e.
-#: chance level (a random ranking scores about 0.022): raw pixels are dominated by camera and background
-PIXEL_NN_MAP_BOUND = 0.10
+#: measured pixel-NN mAP on the default demo (100 ids x 16, 128x64, seed 0): 0.062, against 0.022 for
+#: a random ranking and about 0.88 for a ResNet-18 trained 12 epochs: camera and background dominate pixels
+PIXEL_NN_MAP_BOUND = 0.15
 
 
 def test_tiny_demo_layout_names_and_disjoint_ids(tmp_path: Path) -> None:

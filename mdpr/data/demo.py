@@ -135,8 +135,8 @@ def random_person(rng: np.random.Generator) -> Person:
         accessory=str(rng.choice(ACCESSORIES)),
         acc_color=tops[int(rng.integers(len(tops)))],
         acc_side=int(rng.choice((-1, 1))),
-        height=float(rng.uniform(0.80, 0.94)),
-        shoulders=float(rng.uniform(0.40, 0.60)),
+        height=float(rng.uniform(0.86, 0.97)),
+        shoulders=float(rng.uniform(0.46, 0.64)),
         leg_ratio=float(rng.uniform(0.42, 0.52)),
         head=float(rng.uniform(0.12, 0.155)),
     )
@@ -195,10 +195,10 @@ def render_person(
     hip = sh * 0.78
     # accessory behind the body
     if p.accessory == "backpack" and view != "front":
-        bw = sh * (0.8 if view == "back" else 0.45)
+        bw = sh * (0.6 if view == "back" else 0.45)
         bx = cx - bw / 2 if view == "back" else cx - p.acc_side * sh * 0.55 - bw / 2
         d.rounded_rectangle(
-            (bx, torso_top + 2 * unit, bx + bw, torso_top + (torso_bot - torso_top) * 0.85),
+            (bx, torso_top + 2 * unit, bx + bw, torso_top + (torso_bot - torso_top) * 0.7),
             radius=max(1, int(3 * unit)),
             fill=p.acc_color,
         )
@@ -305,8 +305,8 @@ def random_camera(rng: np.random.Generator) -> Camera:
     wall = _muted(rng, (0.05, 0.35), (0.35, 0.85))
     floor = _muted(rng, (0.0, 0.25), (0.25, 0.7))
     return Camera(
-        gain=float(rng.uniform(0.8, 1.15)),
-        cast=tuple(float(v) for v in 1.0 + rng.uniform(-0.1, 0.1, 3)),  # type: ignore[arg-type]
+        gain=float(rng.uniform(0.85, 1.12)),
+        cast=tuple(float(v) for v in 1.0 + rng.uniform(-0.08, 0.08, 3)),  # type: ignore[arg-type]
         blur=float(rng.uniform(0.0, 0.9)),
         noise=float(rng.uniform(2.0, 7.0)),
         wall=wall,  # type: ignore[arg-type]
@@ -319,9 +319,9 @@ def random_camera(rng: np.random.Generator) -> Camera:
 
 
 def camera_scene(cam: Camera, height: int, width: int) -> np.ndarray:
-    """A wide background (H x 3W) of the camera's place; images crop windows of it."""
+    """A wide background (H x 6W) of the camera's place; images crop windows of it."""
     rng = np.random.default_rng(cam.scene_seed)
-    W = width * 3
+    W = width * 6
     img = Image.new("RGB", (W, height), cam.wall)
     d = ImageDraw.Draw(img)
     hy = int(cam.horizon * height)
@@ -350,7 +350,7 @@ def camera_scene(cam: Camera, height: int, width: int) -> np.ndarray:
         ramp = np.linspace(0.7, 1.2, W, dtype=np.float32)[None, :, None]
         arr[:hy] *= ramp
     # static clutter: poles, bins, signs, plants
-    for _ in range(int(rng.integers(4, 9))):
+    for _ in range(int(rng.integers(8, 17))):
         color = cam.clutter[int(rng.integers(len(cam.clutter)))]
         x = int(rng.integers(0, W))
         kind = int(rng.integers(3))
@@ -404,7 +404,7 @@ def render_image(
     if person is not None:
         scale = rng.uniform(0.88, 1.06)
         ph = int(SH * person.height * scale)
-        pw = int(SW * 0.95 * scale)
+        pw = int(SW * scale)
         view = str(rng.choice(("front", "front", "back", "side")))
         fig = render_person(person, pw, ph, view, float(rng.uniform(0, 1)), float(rng.uniform(-1, 1)))
         if rng.random() < 0.5:
