@@ -253,8 +253,15 @@ class Trainer:
                 f"{self.num_classes} training identities; resume with the run's own dataset "
                 f"('{ckpt.get('dataset', '?')}') or start a new run."
             )
-        self.module.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.module.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise MdprError(
+                f"Checkpoint {path} does not fit the configured model or optimizer ({first}); resume without "
+                f"changing model.* or solver.optimizer settings, or start a new run with --weights {path}."
+            ) from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
