@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, g
 import yaml
 
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -136,7 +137,7 @@ class Config:
         return _build(cls, data, "config")
 
     def save_yaml(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _plain(obj: Any) -> Any:

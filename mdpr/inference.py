@@ -25,6 +25,7 @@ from mdpr.config import Config
 from mdpr.data.images import ImageReadError, load_rgb
 from mdpr.data.transforms import build_test_transform
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageInput = Union[PathLike, Image.Image, np.ndarray]
@@ -345,10 +346,7 @@ def _cached_fingerprint(weights: Path, compute: Callable[[], str]) -> str:
     entries[key] = value
     entries = dict(list(entries.items())[-_FINGERPRINT_CACHE_SIZE:])
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(entries))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(entries))
     except OSError:
         pass
     return value

@@ -13,6 +13,7 @@ import typer
 
 from mdpr.cli.app import command, console, err_console, print_json
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_text
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -316,10 +317,7 @@ def evaluate_command(
         "seconds": round(elapsed, 3),
     }
     if save_metrics is not None:
-        save_metrics.parent.mkdir(parents=True, exist_ok=True)
-        tmp = save_metrics.with_name(save_metrics.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(save_metrics)
+        atomic_write_text(save_metrics, json.dumps(summary, indent=2) + "\n")
     if json_output:
         print_json(summary)
         return

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Union
 
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_text
 
 SPLITS = ("train", "query", "gallery")
 MANIFEST_FORMAT = "mdpr-manifest"
@@ -155,21 +155,6 @@ class Manifest:
             self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
         return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` so that readers see either the old or the new file, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(path: Union[str, Path]) -> Manifest:

@@ -42,6 +42,7 @@ from mdpr.engine.distributed import DistContext
 from mdpr.engine.report import plot_training, read_metrics, summarize
 from mdpr.engine.solver import LRSchedule, build_optimizer
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_text
 
 ProgressFn = Callable[[Dict[str, Any]], None]
 
@@ -281,9 +282,7 @@ class Trainer:
         if self.request.resume:
             # drop what was written after the checkpoint: the resumed run replays it
             kept = [r for r in read_metrics(metrics) if int(r.get("iteration", 0)) <= self.iteration and r.get("type") != "error"]
-            tmp = metrics.with_name(METRICS + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, metrics)
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
         elif metrics.exists():
             metrics.unlink()
         self._metrics = open(metrics, "a", buffering=1)
@@ -576,9 +575,7 @@ class Trainer:
             }
         )
         plot_training(records, self.run_dir / PLOT, title=f"{self.cfg.recipe} on {self.cfg.dataset}")
-        tmp = self.run_dir / (SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / SUMMARY)
+        atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         self._log(f"done: {json.dumps(summary.get('final_metrics', {}))}")
         self._emit({"event": "done", "summary": summary})
         return summary
