@@ -20,11 +20,11 @@ import os
 import platform
 import statistics
 import sys
-import time
-from typing import Callable, Dict, List
+from typing import Callable
 
 import torch
 import torchvision
+from timing import interleaved
 from torch.utils.flop_counter import FlopCounterMode
 
 from mdpr.config import LossConfig, ModelConfig
@@ -37,19 +37,6 @@ def count_flops(fn: Callable[[], None]) -> int:
     with counter:
         fn()
     return int(counter.get_total_flops())
-
-
-def interleaved(tasks: Dict[str, Callable[[], None]], repeats: int, warmup: bool = True) -> Dict[str, List[float]]:
-    """Run every task once as warm-up (unless already warm), then ``repeats`` rounds of all tasks; seconds per call."""
-    for task in tasks.values() if warmup else ():
-        task()
-    times: Dict[str, List[float]] = {name: [] for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            start = time.perf_counter()
-            task()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main(argv=None) -> int:

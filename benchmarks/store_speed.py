@@ -36,20 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
-
-
-def interleaved(tasks: Dict[str, Callable[[], Any]], repeats: int, warmup: bool = True) -> Dict[str, List[float]]:
-    """Seconds per call of each task: one warm-up round, then ``repeats`` interleaved rounds."""
-    if warmup:
-        for task in tasks.values():
-            task()
-    times: Dict[str, List[float]] = {name: [] for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            start = time.perf_counter()
-            task()
-            times[name].append(time.perf_counter() - start)
-    return times
+from timing import interleaved
 
 
 def med(values: List[float]) -> float:
