@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -14,6 +16,16 @@ def mdpr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     home = tmp_path_factory.mktemp("mdpr-home")
     monkeypatch.setenv("MDPR_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny tensors: a second OpenMP thread gains nothing there, and on
+    busy shared cores threads waiting for each other make tiny convolutions many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

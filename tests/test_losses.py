@@ -20,14 +20,7 @@ from mdpr.losses import (
 )
 from mdpr.model import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are small: one thread avoids OpenMP hand-offs, which stall badly on busy shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_circle_logits_apply_margins_and_scale():

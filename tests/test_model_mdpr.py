@@ -16,13 +16,7 @@ from mdpr.model import MDPR, build_model
 TARGETS = torch.tensor([0, 0, 1, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are small: one thread avoids OpenMP hand-offs, which stall badly on busy shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -8,7 +8,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from storekit import REAL_IMAGES, make_crops, tiny_checkpoint
 from typer.testing import CliRunner
@@ -23,12 +22,7 @@ from mdpr.viz import ranked_list_size
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions; a busy shared machine makes 2 OpenMP threads much slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
