@@ -208,7 +208,7 @@ def train(
         None, "--eval-period", help="Evaluate every N epochs (0: only at the end, -1: never)."
     ),
     checkpoint_period: Optional[int] = typer.Option(
-        None, "--checkpoint-period", help="Also keep epoch_XXX.pt every N epochs (last.pt is written every epoch)."
+        None, "--checkpoint-period", help="Also keep epoch_NNN.pt (e.g. epoch_010.pt) every N epochs (last.pt is written every epoch)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
     weights: Optional[Path] = typer.Option(

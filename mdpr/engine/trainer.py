@@ -4,7 +4,7 @@ A run directory holds:
 
 * ``config.yaml``: the resolved :class:`~mdpr.config.Config` (also stored inside every checkpoint);
 * ``metrics.jsonl`` (see :mod:`mdpr.engine.report`) and ``log.txt``;
-* ``last.pt`` after every epoch and ``epoch_XXX.pt`` every ``train.checkpoint_period`` epochs
+* ``last.pt`` after every epoch and ``epoch_NNN.pt`` (``epoch_010.pt`` for epoch 10) every ``train.checkpoint_period`` epochs
   (mdpr checkpoints with the full training state: model, optimizer, schedule, AMP scaler, epoch and
   iteration, the RNG states of every process, sampler state, config, class list);
 * ``model.pt`` (weights, config and classes only) and ``summary.json`` / ``training.png`` at the end.
