@@ -240,6 +240,8 @@ class Trainer:
             self.model = self.module
 
     def _load_resume_state(self) -> None:
+        from mdpr.model.weights import load_weights
+
         path = self.run_dir / LAST
         if not path.is_file():
             raise MdprError(f"{self.run_dir} has no checkpoint ({LAST}); start a new run with --output instead of --resume.")
@@ -254,14 +256,18 @@ class Trainer:
                 f"{self.num_classes} training identities; resume with the run's own dataset "
                 f"('{ckpt.get('dataset', '?')}') or start a new run."
             )
-        try:
-            self.module.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0][:200]
+        report = load_weights(self.module, ckpt["model"], strict=False)
+        if not report.ok:
             raise MdprError(
-                f"Checkpoint {path} does not fit the configured model or optimizer ({first}); resume without "
-                f"changing model.* or solver.optimizer settings, or start a new run with --weights {path}."
+                f"Checkpoint {path} does not fit the configured model ({report.summary()}); resume without "
+                f"changing model.* settings, or start a new run with --weights {path}."
+            )
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise MdprError(
+                f"Checkpoint {path} does not fit the configured optimizer ({str(exc)[:200]}); resume without "
+                f"changing solver.optimizer settings, or start a new run with --weights {path}."
             ) from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
