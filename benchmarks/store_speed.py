@@ -4,7 +4,7 @@ Every ratio compares two measurements taken in the same run, interleaved (A, B, 
 other processes hits both alike; medians are reported.
 
 1. extract  -- images/s of the whole pipeline (JPEG decode + resize in DataLoader workers, model, journal and
-               store writes: ``mdpr.inference.extract_to_store``) against the model alone on ready-made
+               store writes: ``mdpr.workflows.extract.extract_to_store``) against the model alone on ready-made
                batches, for MDPR-R50-IBN at 384x192 and a small backbone (ResNet-18). Target: >= 0.9.
 2. search   -- one probe against N x D stores on disk: ``mdpr.search.search(store, ...)`` against reading the
                features once (h5py, in the stored dtype), warm (page cache) and cold (pages dropped with
@@ -95,8 +95,9 @@ def _bench_extract_model(args: argparse.Namespace, work: Path, name: str, overri
     from torch.utils.data import DataLoader
 
     from mdpr.config import load_config
-    from mdpr.inference import FeatureExtractor, ImageFileDataset, collate_images, extract_to_store, items_from_folder
+    from mdpr.inference import FeatureExtractor, ImageFileDataset, collate_images, items_from_folder
     from mdpr.model import build_model, save_checkpoint
+    from mdpr.workflows.extract import extract_to_store
 
     folder = work / f"crops-{len(images)}"
     if not folder.exists():
@@ -311,7 +312,7 @@ def _bench_query_model(args: argparse.Namespace, work: Path, name: str, override
     times = interleaved({"query": shell(cmd), "query_first": shell(cmd, fresh_home=True),
                          "imports": shell(startup), "help": shell(help_cmd)}, args.repeats)
     # Where the time goes, measured in this process (imports already paid), with the CLI's thread choice.
-    from mdpr.inference import choose_cpu_threads
+    from mdpr.runtime import choose_cpu_threads
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(choose_cpu_threads(args.threads)[0])

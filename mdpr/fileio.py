@@ -1,24 +1,176 @@
-"""Crash-safe small-file writes shared by manifests, run directories, metrics files and caches."""
+"""Crash-safe file writes and the one safe checkpoint reader.
+
+One durability rule for every file mdpr writes whole (text, JSON, checkpoints, archives' members, stores):
+write a temporary file in the destination's own folder, flush and fsync it, rename it over the destination,
+then fsync the folder. A reader (or a process restarted after ``kill -9`` or a power cut) sees the old file
+or the new one, never a part of one, and no temporary file is left behind after a failure.
+
+Every ``torch.load`` in mdpr goes through :func:`read_torch_file`, which only ever unpickles with
+``weights_only=True``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Iterator, List, Union
+
+from mdpr.errors import MdprError
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Replace ``path`` by ``text`` so that readers see either the old or the new file, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def fsync_file(path: PathLike) -> None:
+    """Flush ``path``'s data to disk."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows flushes only writable handles
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Flush a folder's entries (a rename is durable only once its folder is); a no-op where unsupported."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` durably, on error it is removed.
+
+    The caller writes the whole file to the yielded path (``torch.save``, ``h5py.File``, ...).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data`` (see the module's durability rule)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Replace ``path`` by ``text`` (UTF-8) so that readers see either the old or the new file, never a part."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
+    """Replace ``path`` by ``obj`` as strict JSON (non-finite numbers are refused, never written as NaN)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> None:
+    """Copy ``src`` over ``dst`` with the same guarantee as the writers above."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What an OS error on a path means for the user, in a few words."""
+    meanings = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder, not a file",
+        errno.ELOOP: "the path contains a symbolic-link loop",
+        errno.ENAMETOOLONG: "the name is too long",
+        errno.ENOENT: "it does not exist",
+        errno.EEXIST: "it already exists",
+    }
+    return meanings.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+# ---------------------------------------------------------------------------------------------- torch files
+
+
+def _safe_numpy_globals() -> List[Any]:
+    """numpy scalar/dtype reconstructors: fast-reid checkpoints can hold numpy metrics next to the weights."""
+    import numpy as np
+
+    allowed: List[Any] = [np.dtype]
+    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            module = __import__(module_name, fromlist=["scalar"])
+            allowed.append(module.scalar)
+            break
+        except (ImportError, AttributeError):
+            continue
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
+def read_torch_file(path: PathLike, map_location: Any = "cpu", what: str = "Weights file") -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear :class:`MdprError` for every way that can fail.
+
+    ``what`` names the file in the messages ("Weights file", "Checkpoint", ...).
+    """
+    import torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MdprError(f"{what} {file} does not exist; pass the path to a .pth/.pt checkpoint.")
+    if _looks_like_hdf5(file):
+        raise MdprError(f"{what} {file} is an HDF5 file (a feature store?), not a PyTorch checkpoint; "
+                        "pass the .pt/.pth file of a model.")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as first_error:  # noqa: BLE001 - every failure becomes one user-facing sentence
+        if "Unsupported global" in str(first_error):
+            try:
+                with torch.serialization.safe_globals(_safe_numpy_globals()):
+                    return torch.load(file, map_location=map_location, weights_only=True)
+            except Exception as second_error:  # noqa: BLE001
+                first_error = second_error
+        raise MdprError(f"{what} {file} is not a readable PyTorch checkpoint ({_first_line(first_error)}); pass an "
+                        "mdpr, fast-reid/MDPR, torchvision, IBN-Net or LUPerson .pth file.") from None
+
+
+def _looks_like_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without advice that does not apply to mdpr users.
+
+    torch suggests re-loading with ``weights_only=False``, which would run arbitrary code from the file.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    for marker in ("weights_only", "Weights only load failed"):
+        if marker in line:
+            return "it holds objects other than tensors and plain values, which mdpr never unpickles"
+    return line[:200]

@@ -42,6 +42,8 @@ import numpy as np
 
 from mdpr import __version__
 from mdpr.errors import MdprError
+from mdpr.fileio import fsync_dir, fsync_file
+from mdpr.runtime import l2_normalize
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -146,13 +148,6 @@ def path_key(path: PathLike, root: Optional[PathLike]) -> str:
 def chunk_rows_for(dim: int, dtype: str) -> int:
     """Rows per HDF5 chunk of the features dataset (about :data:`CHUNK_BYTES`)."""
     return max(1, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize))
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm, computed in float32 (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -558,9 +553,9 @@ def _write_file_atomic(
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         n = _write_file(tmp, meta, blocks, failed=failed, created=created, complete=complete)
-        _fsync_path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -640,25 +635,6 @@ def _concat(parts: List[_Rows]) -> _Rows:
         pids=np.concatenate([p.pids for p in parts]),
         camids=np.concatenate([p.camids for p in parts]),
     )
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows flushes only writable handles
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------- journal

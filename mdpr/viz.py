@@ -223,8 +223,8 @@ def visualize_attention_files(
     from mdpr.data.images import ImageReadError, load_rgb
     from mdpr.data.transforms import build_test_transform
     from mdpr.errors import MdprError
-    from mdpr.inference import resolve_device
     from mdpr.model import load_model
+    from mdpr.runtime import resolve_device
 
     model, config = load_model(weights)
     dev = resolve_device(device)

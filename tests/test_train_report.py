@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mdpr.engine.distributed import DistContext, plan_processes, resolve_device
+from mdpr.engine.distributed import DistContext, plan_processes
 from mdpr.engine.report import loss_groups, plot_training, read_metrics, summarize
 from mdpr.errors import MdprError
+from mdpr.runtime import resolve_device
 
 
 def _records():

@@ -65,7 +65,8 @@ def extract(
     """
     import signal
 
-    from mdpr.inference import FeatureExtractor, ImageItem, extract_to_store, items_from_folder
+    from mdpr.inference import FeatureExtractor, ImageItem, items_from_folder
+    from mdpr.workflows.extract import extract_to_store
 
     if (images is None) == (dataset is None):
         raise MdprError("Pass exactly one of --images FOLDER or --dataset NAME to say which images to index.")
@@ -152,10 +153,10 @@ def _report(summary: Any, source: str) -> None:
 
 
 def _set_threads(requested: Optional[int]) -> bool:
-    """Set torch's CPU threads (see :func:`mdpr.inference.choose_cpu_threads`); True when reduced for a busy CPU."""
+    """Set torch's CPU threads (see :func:`mdpr.runtime.choose_cpu_threads`); True when reduced for a busy CPU."""
     import torch
 
-    from mdpr.inference import choose_cpu_threads
+    from mdpr.runtime import choose_cpu_threads
 
     threads, why = choose_cpu_threads(requested)
     torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -10,6 +9,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from PIL import Image
 
 from mdpr.data.images import ImageReadError
+from mdpr.runtime import usable_cpu_count
 
 
 def decode_error(path: Union[str, Path]) -> Optional[str]:
@@ -27,7 +27,7 @@ def decode_error(path: Union[str, Path]) -> Optional[str]:
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpu_count()))
 
 
 def verify_images(

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from mdpr.errors import MdprError
+from mdpr.runtime import usable_cpu_count
 
 #: Generous: rank 0 may evaluate a large test set while the others wait at a barrier.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
@@ -78,26 +79,6 @@ class DistContext:
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; one clear error otherwise."""
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise MdprError(f"Unknown device '{device}'; use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise MdprError(f"Device '{device}' asked for CUDA but this machine has no usable GPU; use --device cpu.")
-        if dev.index is not None and dev.index >= count:
-            raise MdprError(f"Device '{device}' does not exist: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}).")
-    elif dev.type != "cpu":
-        raise MdprError(f"Device '{device}' is not supported; use auto, cpu, cuda or cuda:N.")
-    return dev
 
 
 def torchrun_env() -> Optional[dict]:
@@ -187,7 +168,7 @@ def _worker_entry(
     else:
         dev = torch.device("cpu")
         # the CPU is shared by all workers: do not oversubscribe it
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        torch.set_num_threads(max(1, usable_cpu_count() // world_size))
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT
     )

@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,8 @@ from mdpr.engine.distributed import DistContext
 from mdpr.engine.report import plot_training, read_metrics, summarize
 from mdpr.engine.solver import LRSchedule, build_optimizer
 from mdpr.errors import MdprError
-from mdpr.fileio import atomic_write_text
+from mdpr.fileio import atomic_copy, atomic_write_json, atomic_write_text, read_torch_file
+from mdpr.runtime import resolve_device
 
 ProgressFn = Callable[[Dict[str, Any]], None]
 
@@ -245,10 +244,7 @@ class Trainer:
         path = self.run_dir / LAST
         if not path.is_file():
             raise MdprError(f"{self.run_dir} has no checkpoint ({LAST}); start a new run with --output instead of --resume.")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a checkpoint we cannot read is a user-level problem, not a crash
-            raise MdprError(f"Cannot read checkpoint {path} ({exc}); delete it to restart from scratch.") from None
+        ckpt = read_torch_file(path, what="Checkpoint")
         saved_classes = int(ckpt.get("num_classes", len(ckpt.get("classes") or [])))
         if saved_classes != self.num_classes:
             raise MdprError(
@@ -350,7 +346,7 @@ class Trainer:
             )
             period = self.cfg.train.checkpoint_period
             if period > 0 and epoch % period == 0:
-                _atomic_copy(path, self.run_dir / f"epoch_{epoch:03d}.pt")
+                atomic_copy(path, self.run_dir / f"epoch_{epoch:03d}.pt")
             self._emit({"event": "checkpoint", "path": str(path), "epoch": epoch})
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -581,7 +577,7 @@ class Trainer:
             }
         )
         plot_training(records, self.run_dir / PLOT, title=f"{self.cfg.recipe} on {self.cfg.dataset}")
-        atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(self.run_dir / SUMMARY, summary)
         self._log(f"done: {json.dumps(summary.get('final_metrics', {}))}")
         self._emit({"event": "done", "summary": summary})
         return summary
@@ -591,8 +587,6 @@ class Trainer:
 
 
 def _single_device(device: str) -> torch.device:
-    from mdpr.engine.distributed import resolve_device
-
     return resolve_device(device)
 
 
@@ -602,12 +596,6 @@ def _class_list(manifest: Any) -> List[int]:
     for r in manifest.train:
         classes.setdefault(int(r.pid), int(r.orig_pid))
     return [classes[i] for i in sorted(classes)]
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _hms(seconds: float) -> str:
@@ -676,7 +664,7 @@ def plan_run(
         if config_path.is_file():
             base = yaml.safe_load(config_path.read_text()) or {}
         else:
-            ckpt = torch.load(run_dir / LAST, map_location="cpu", weights_only=True)
+            ckpt = read_torch_file(run_dir / LAST, what="Checkpoint")
             base = ckpt.get("config") or {}
         from mdpr.config import _deep_merge, parse_overrides
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mdpr.errors import MdprError
+from mdpr.runtime import l2_normalize
 
 #: Metric names accepted by :func:`compute_distance`.
 METRICS = ("cosine", "euclidean", "sqeuclidean")
@@ -36,19 +37,6 @@ def check_same_dim(qf: np.ndarray, gf: np.ndarray) -> None:
             f"query features have dimension {qf.shape[1]} but gallery features have {gf.shape[1]}; "
             "extract both sets with the same model."
         )
-
-
-def l2_normalize(features: np.ndarray, *, inplace: bool = False) -> np.ndarray:
-    """Row-wise L2 normalisation of float32 rows (zero rows stay zero), like torch's F.normalize.
-
-    ``inplace=True`` overwrites ``features`` (no second copy of a large matrix).
-    """
-    norms = np.sqrt(np.einsum("ij,ij->i", features, features, dtype=np.float64))
-    scale = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)[:, None]
-    if inplace:
-        features *= scale
-        return features
-    return (features * scale).astype(np.float32, copy=False)
 
 
 def compute_distance(

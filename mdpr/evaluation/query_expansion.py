@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from mdpr.errors import MdprError
-from mdpr.evaluation.distance import as_features, check_same_dim, l2_normalize
+from mdpr.evaluation.distance import as_features, check_same_dim
+from mdpr.runtime import l2_normalize
 
 _CHUNK_ROWS = 2048
 _BLOCK_BYTES = 64 * 2**20  # one chunk of the similarity matrix

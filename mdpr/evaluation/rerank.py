@@ -30,7 +30,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mdpr.errors import MdprError
-from mdpr.evaluation.distance import as_features, check_same_dim, l2_normalize
+from mdpr.evaluation.distance import as_features, check_same_dim
+from mdpr.runtime import l2_normalize
 
 #: Re-ranking methods accepted by :func:`re_rank`.
 METHODS = ("jaccard", "zhong")

@@ -32,8 +32,10 @@ import torch
 
 from mdpr.config import Config, ModelConfig
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_path, read_torch_file
 from mdpr.model.backbone import RESNET_STAGES
 from mdpr.model.mdpr import MDPR
+from mdpr.runtime import unwrap_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = Dict[str, torch.Tensor]
@@ -233,43 +235,6 @@ def infer_model_config(state_dict: Mapping[str, torch.Tensor], where: str = "The
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _safe_numpy_globals() -> List[Any]:
-    """numpy scalar/dtype reconstructors: fast-reid checkpoints can hold numpy metrics next to the weights."""
-    import numpy as np
-
-    allowed: List[Any] = [np.dtype]
-    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            module = __import__(module_name, fromlist=["scalar"])
-            allowed.append(module.scalar)
-            break
-        except (ImportError, AttributeError):
-            continue
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return allowed
-
-
-def read_file(path: PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one clear :class:`MdprError` for every way that can fail."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MdprError(f"Weights file {path} does not exist; pass the path to a .pth checkpoint.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as first_error:  # noqa: BLE001 - every failure becomes one user-facing sentence
-        if "Unsupported global" in str(first_error):
-            try:
-                with torch.serialization.safe_globals(_safe_numpy_globals()):
-                    return torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as second_error:  # noqa: BLE001
-                first_error = second_error
-        reason = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
-        raise MdprError(f"{path} is not a readable PyTorch checkpoint ({reason[:200]}); pass an mdpr, "
-                        f"fast-reid/MDPR, torchvision, IBN-Net or LUPerson .pth file.") from None
-
-
 def _strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
     if state_dict and all(k.startswith(prefix) for k in state_dict):
         return OrderedDict((k[len(prefix):], v) for k, v in state_dict.items())
@@ -305,7 +270,7 @@ _BACKBONE_IGNORED_PREFIXES = ("fc.", "head.", "heads.", "classifier.", "pixel_me
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     """Read any supported weights file (see the module docstring) into a :class:`Checkpoint`."""
     path = Path(path).expanduser()
-    obj = read_file(path, map_location)
+    obj = read_torch_file(path, map_location)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -556,14 +521,6 @@ def load_model(path: PathLike, strict: bool = True, map_location: Any = "cpu") -
     return model.eval(), config
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
 def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Union[Config, ModelConfig],
                     classes: Optional[Sequence[Any]] = None, **extra: Any) -> Path:
     """Write an mdpr checkpoint atomically (temporary file + ``os.replace``); returns the path.
@@ -579,7 +536,7 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Union[Config
         raise ValueError(f"extra checkpoint entries {sorted(clash)} clash with reserved keys")
     if isinstance(config, ModelConfig):
         config = Config(model=config)
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     cfg_dict = config.to_dict()
     if isinstance(inner, MDPR):
         model_dict = dataclasses.asdict(inner.config)
@@ -596,13 +553,8 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, config: Union[Config
     }
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -1,0 +1,21 @@
+"""Inference: the feature extractor, image-input coercion and folder listing.
+
+``FeatureExtractor`` is the one way mdpr embeds images (extract, query, evaluate, training's evaluation).
+"""
+
+from mdpr.inference.extractor import ExtractedBatch, FeatureExtractor, Progress
+from mdpr.inference.inputs import ImageFileDataset, ImageInput, as_image_list, collate_images, to_pil
+from mdpr.inference.listing import ImageItem, items_from_folder
+
+__all__ = [
+    "ExtractedBatch",
+    "FeatureExtractor",
+    "ImageFileDataset",
+    "ImageInput",
+    "ImageItem",
+    "Progress",
+    "as_image_list",
+    "collate_images",
+    "items_from_folder",
+    "to_pil",
+]

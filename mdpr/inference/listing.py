@@ -1,0 +1,40 @@
+"""Finding the images to index in a folder, with identities parsed from Market-style file names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Union
+
+from mdpr.data.images import IMAGE_EXTENSIONS, find_images, parse_market_name
+from mdpr.errors import MdprError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class ImageItem:
+    """An image to index: its file and, when known, its identity and camera (-1 = unknown)."""
+
+    path: Path
+    pid: int = -1
+    camid: int = -1
+
+
+def items_from_folder(folder: PathLike) -> List[ImageItem]:
+    """Every image under ``folder`` (sorted, recursive) with pid / camid parsed from Market-style names."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise MdprError(f"Image folder {root} does not exist; pass the folder that holds the crops to index.")
+    if not root.is_dir():
+        raise MdprError(f"{root} is a file, not a folder; --images takes a folder of images (searched recursively).")
+    items = []
+    for path in find_images(root):
+        parsed = parse_market_name(path)
+        pid, camid = parsed if parsed is not None else (-1, -1)
+        items.append(ImageItem(path.resolve(), max(pid, -1), camid))
+    if not items:
+        exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise MdprError(f"No images ({exts}) found under {root}; check the folder.")
+    return items

@@ -1,0 +1,1 @@
+"""Workflows: one plain function per subcommand, shared by the CLI and Python users."""
