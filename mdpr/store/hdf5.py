@@ -25,6 +25,7 @@ from mdpr.store.schema import (
     Rows,
     StoreMeta,
     chunk_rows_for,
+    encode_path,
     now,
     validated_rows,
 )
@@ -88,7 +89,7 @@ def write_file(
         a["preprocessing"] = json.dumps(meta.preprocessing, sort_keys=True)
         a["normalized"] = bool(meta.normalized)
         a["flip"] = bool(meta.flip)
-        a["root"] = meta.root or ""
+        a["root"] = _attr_text(meta.root or "")
         a["created"] = created
         feats = h5.create_dataset("features", shape=(0, meta.dim), maxshape=(None, meta.dim), dtype=meta.dtype,
                                   chunks=(chunk, meta.dim))
@@ -103,7 +104,7 @@ def write_file(
             for ds in (feats, paths, pids, camids):
                 ds.resize(n + m, axis=0)
             feats[n : n + m] = rows.features
-            paths[n : n + m] = np.array(rows.paths, dtype=object)
+            paths[n : n + m] = np.array([encode_path(p) for p in rows.paths], dtype=object)
             pids[n : n + m] = rows.pids
             camids[n : n + m] = rows.camids
             n += m
@@ -111,6 +112,15 @@ def write_file(
         a["complete"] = bool(complete)
         a["updated"] = now()
     return n
+
+
+def _attr_text(text: str) -> object:
+    """A text attribute: a UTF-8 string, or its raw bytes for a folder name that is not valid UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return np.bytes_(encode_path(text))
 
 
 def _coalesce(blocks: Iterable[Rows], target: int) -> Iterator[Rows]:

@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import time
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,9 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.created = not path.exists()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        _OPEN.add(self)
         self._locked = False
         self.header: Optional[Dict[str, Any]] = None
         self.records: List[Record] = []
@@ -52,7 +55,13 @@ class Journal:
         self._last_sync = time.monotonic()
 
     def lock(self) -> bool:
-        """Take an exclusive lock (released by the OS if the process dies); False when another process holds it."""
+        """Take an exclusive lock (released by the OS if the process dies); False when another process holds it.
+
+        ``flock`` locks belong to the open file description, which a forked child (a DataLoader worker)
+        shares: the lock would outlive a killed writer for as long as an orphaned worker lives. So
+        children close their copy of the descriptor right after the fork (:func:`_close_in_child`), and
+        only the writing process holds the lock.
+        """
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; concurrent writers are the user's responsibility
@@ -141,6 +150,35 @@ class Journal:
                 self.path.unlink()
         os.close(self.fd)  # also releases the lock
         self.fd = -1
+
+
+#: Journals open in this process (closed in forked children).
+_OPEN: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    for journal in list(_OPEN):
+        if journal.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(journal.fd)
+            journal.fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+def has_records(path: Path) -> bool:
+    """True when the journal at ``path`` has a valid header followed by data (rows not folded into the store yet)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_JOURNAL_MAGIC) + _U32.size)
+            if len(head) < len(_JOURNAL_MAGIC) + _U32.size or head[: len(_JOURNAL_MAGIC)] != _JOURNAL_MAGIC:
+                return False
+            (hlen,) = _U32.unpack_from(head, len(_JOURNAL_MAGIC))
+            return bool(os.fstat(fh.fileno()).st_size > len(head) + hlen + _U32.size)
+    except OSError:
+        return False
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import mmap
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 
 from mdpr import __version__
 from mdpr.errors import MdprError
+from mdpr.store.journal import has_records
 from mdpr.store.schema import (
     BLOCK_BYTES,
     SCHEMA_VERSION,
@@ -22,6 +22,16 @@ from mdpr.store.schema import (
     PathLike,
     StoreMeta,
     journal_path_for,
+)
+from mdpr.store.validation import (
+    bool_attr,
+    check_attributes,
+    check_datasets,
+    failed_list,
+    int_attr,
+    json_attr,
+    scalar_attr,
+    string_attr,
 )
 
 
@@ -35,42 +45,40 @@ class FeatureStore:
     def __init__(self, path: Path, h5: h5py.File) -> None:
         self.path = path
         self._h5 = h5
+        datasets = check_datasets(path, h5)
         attrs = h5.attrs
-        self.schema_version = int(attrs["schema_version"])
-        self.mdpr_version = str(attrs.get("mdpr_version", ""))
-        self.created = str(attrs.get("created", ""))
-        self.updated = str(attrs.get("updated", ""))
-        self.complete = bool(attrs.get("complete", True))
-        root = str(attrs.get("root", ""))
+        check_attributes(path, attrs)
+        self.schema_version = int_attr(path, attrs, "schema_version")
+        self.mdpr_version = string_attr(path, attrs, "mdpr_version")
+        self.created = string_attr(path, attrs, "created")
+        self.updated = string_attr(path, attrs, "updated")
+        self.complete = bool_attr(path, attrs, "complete", True)
+        self._features = datasets["features"]
         self.meta = StoreMeta(
-            dim=int(h5["features"].shape[1]),
-            dtype=h5["features"].dtype.name,
-            fingerprint=str(attrs.get("model_fingerprint", "")),
-            normalized=bool(attrs.get("normalized", False)),
-            flip=bool(attrs.get("flip", False)),
-            model_config=_json_attr(attrs, "model_config", {}, path),
-            preprocessing=_json_attr(attrs, "preprocessing", {}, path),
-            root=root or None,
+            dim=int(self._features.shape[1]),
+            dtype=self._features.dtype.name,
+            fingerprint=string_attr(path, attrs, "model_fingerprint"),
+            normalized=bool_attr(path, attrs, "normalized", False),
+            flip=bool_attr(path, attrs, "flip", False),
+            model_config=json_attr(path, attrs, "model_config"),
+            preprocessing=json_attr(path, attrs, "preprocessing"),
+            root=string_attr(path, attrs, "root") or None,
         )
-        self.failed: List[Tuple[str, str]] = [
-            (str(item["path"]), str(item.get("reason", ""))) for item in _json_attr(attrs, "failed_images", [], path)
-        ]
-        self._features = h5["features"]
+        self.failed: List[Tuple[str, str]] = failed_list(path, attrs)
         self._n = int(self._features.shape[0])
-        for name in ("paths", "pids", "camids"):
-            if int(h5[name].shape[0]) != self._n:
-                raise MdprError(
-                    f"Feature store {path} is damaged: '{name}' has {h5[name].shape[0]} rows but 'features' has "
-                    f"{self._n}; re-create it with `mdpr extract`."
-                )
         self._pids: Optional[np.ndarray] = None
         self._camids: Optional[np.ndarray] = None
+        self._non_finite: Optional[np.ndarray] = None
         self._mapping: Any = None  # None: not tried yet; False: not mappable; else (mmap, chunk_rows, offsets)
 
     # -- opening
     @classmethod
     def open(cls, path: PathLike) -> FeatureStore:
-        """Open an existing store for reading; :class:`MdprError` (one sentence) when it is not one."""
+        """Open an existing store for reading; :class:`MdprError` (one sentence) when it is not a sound one.
+
+        Validated on opening (:mod:`mdpr.store.validation`): the row datasets' links, storage, shapes and
+        dtypes, and every root attribute's type.
+        """
         p = Path(path)
         if not p.exists():
             raise MdprError(f"Feature store {p} does not exist; create it with `mdpr extract --output {p}`.")
@@ -83,21 +91,16 @@ class FeatureStore:
         except OSError as exc:
             raise MdprError(f"Feature store {p} could not be opened ({exc}); check the file and its permissions.") from None
         try:
-            if h5.attrs.get("format") != STORE_FORMAT or "schema_version" not in h5.attrs:
+            if scalar_attr(p, h5.attrs, "format") != STORE_FORMAT or "schema_version" not in h5.attrs:
                 raise MdprError(
                     f"{p} is an HDF5 file but not an mdpr feature store (no format='{STORE_FORMAT}' attribute); "
                     "pass a file written by `mdpr extract`."
                 )
-            version = int(h5.attrs["schema_version"])
+            version = int_attr(p, h5.attrs, "schema_version")
             if version > SCHEMA_VERSION:
                 raise MdprError(
                     f"Feature store {p} uses schema version {version}, newer than this mdpr ({__version__}) reads "
                     f"(up to {SCHEMA_VERSION}); upgrade mdpr."
-                )
-            missing = [n for n in ("features", "paths", "pids", "camids") if n not in h5]
-            if missing:
-                raise MdprError(
-                    f"Feature store {p} is damaged: dataset(s) {', '.join(missing)} missing; re-create it with `mdpr extract`."
                 )
             return cls(p, h5)
         except BaseException:
@@ -164,17 +167,17 @@ class FeatureStore:
     @property
     def has_pending_journal(self) -> bool:
         """True when an interrupted extraction left rows that are not folded into this file yet."""
-        return self.journal_path.exists()
+        return has_records(self.journal_path)
 
     # -- rows
     @property
     def paths(self) -> List[str]:
         """All stored paths (as stored: relative to :attr:`root` when possible)."""
-        return list(self._h5["paths"].asstr()[...])
+        return list(self._h5["paths"].asstr(errors="surrogateescape")[...])
 
     def paths_at(self, indices: Sequence[int]) -> List[str]:
         """Stored paths of the given rows, in the given order (reads only those rows)."""
-        return _take(self._h5["paths"].asstr(), indices)
+        return _take(self._h5["paths"].asstr(errors="surrogateescape"), indices)
 
     def resolve(self, stored_path: str) -> Path:
         """Absolute location of a stored path (joined to :attr:`root` when relative)."""
@@ -196,6 +199,17 @@ class FeatureStore:
         if self._camids is None:
             self._camids = np.asarray(self._h5["camids"][...], dtype=np.int32)
         return self._camids
+
+    def non_finite_rows(self) -> np.ndarray:
+        """Sorted row numbers (int64) whose feature holds NaN or infinity; empty for a sound store.
+
+        mdpr never writes such rows, but a store edited or written by another tool may hold them; search
+        and evaluation exclude them (and say so). The first call scans the store once; the answer is kept.
+        """
+        if self._non_finite is None:
+            found = [start + np.flatnonzero(~np.isfinite(block).all(axis=1)) for start, block in self.scan()]
+            self._non_finite = np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+        return self._non_finite
 
     def default_chunk_rows(self, dtype: Any = np.float32) -> int:
         return max(1, BLOCK_BYTES // (self.dim * np.dtype(dtype).itemsize))
@@ -330,13 +344,3 @@ def _take(dataset: Any, indices: Union[Sequence[int], np.ndarray]) -> List[Any]:
     uniq, inverse = np.unique(idx, return_inverse=True)
     values = dataset[uniq.tolist()] if uniq.size > 1 else dataset[int(uniq[0]) : int(uniq[0]) + 1]
     return [values[i] for i in inverse]
-
-
-def _json_attr(attrs: Any, name: str, default: Any, path: Path) -> Any:
-    raw = attrs.get(name)
-    if raw is None:
-        return default
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        raise MdprError(f"Feature store {path} is damaged: attribute '{name}' is not valid JSON; re-create it.") from None

@@ -184,14 +184,66 @@ def validated_rows(
     n = feats.shape[0]
     if len(paths) != n:
         raise MdprError(f"Got {n} feature rows but {len(paths)} paths; pass one path per row.")
-    if not np.all(np.isfinite(feats)):
-        raise MdprError("Features contain NaN or infinity; check the model and its inputs.")
-    feats = l2_normalize(feats) if meta.normalized else np.asarray(feats, dtype=np.float32)
+    paths = [str(p) for p in paths]
+    for p in paths:
+        check_path(p)
+    _refuse_non_finite(feats, paths, "contain NaN or infinity", "check the model and its inputs")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, row by row
+        feats = l2_normalize(feats) if meta.normalized else np.asarray(feats, dtype=np.float32)
+        feats = feats.astype(meta.dtype, copy=False)
+    _refuse_non_finite(feats, paths, f"do not fit {meta.dtype} (values beyond its range)",
+                       "store float32 or normalised features")
     return Rows(
-        features=feats.astype(meta.dtype, copy=False),
-        paths=[str(p) for p in paths],
+        features=feats,
+        paths=paths,
         pids=_int_column(pids, n, "pids"),
         camids=_int_column(camids, n, "camids"),
+    )
+
+
+def check_path(path: str) -> None:
+    """Refuse, in one sentence, a stored path that the store could not give back exactly.
+
+    File names that are not valid UTF-8 arrive as Python's surrogate escapes (``os.fsdecode``) and are
+    stored byte for byte, so they round-trip; a NUL (which ends a string in HDF5) or a lone surrogate
+    that no file name produces cannot be stored.
+    """
+    if "\x00" in path:
+        raise MdprError(f"Path {shown_path(path)} contains a NUL character, which no file name holds; pass real paths.")
+    try:
+        path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise MdprError(
+            f"Path {shown_path(path)} contains a lone surrogate character that no file name decodes to; pass paths as "
+            "Python decodes file names (os.fsdecode)."
+        ) from None
+
+
+def encode_path(path: str) -> bytes:
+    """The bytes stored for a path: UTF-8, with the raw bytes of a name that is not valid UTF-8 kept as they are."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def shown_path(path: str) -> str:
+    """``path`` as a message shows it: as is when printable text, else with escapes (never unprintable bytes)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii(path)[1:-1]
+    return path if path.isprintable() else ascii(path)[1:-1]
+
+
+def _refuse_non_finite(feats: np.ndarray, paths: List[str], problem: str, fix: str) -> None:
+    if feats.size == 0 or (feats.dtype.kind == "f" and np.isfinite(feats).all()):
+        return
+    if feats.dtype.kind not in "fiub":
+        raise MdprError(f"Features must be numbers, got an array of {feats.dtype}.")
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad.size == 0:
+        return
+    raise MdprError(
+        f"{bad.size} of {len(paths)} feature rows {problem} (the first is {shown_path(paths[int(bad[0])])}), so "
+        f"no row of this batch was stored; {fix}."
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from mdpr.errors import MdprError
+from mdpr.fileio import describe_os_error
 from mdpr.store.hdf5 import is_temporary_of, write_file_atomic
 from mdpr.store.journal import Journal
 from mdpr.store.reader import FeatureStore
@@ -46,18 +47,32 @@ class StoreWriter:
         self.path = Path(path)
         self.checkpoint_interval = float(checkpoint_interval)
         self.fsync_interval = float(fsync_interval)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MdprError(
+                f"Cannot create the folder {self.path.parent} of the feature store ({describe_os_error(exc)}); "
+                "choose a store path in a writable folder."
+            ) from None
         self._journal = self._open_journal()
         try:
             self._open(meta)
         except BaseException:
-            self._journal.close(delete=False)
+            # A journal this writer created and never wrote must not stay behind (an empty journal
+            # would make the store look interrupted).
+            self._journal.close(delete=self._journal.created and not self._journal.records)
             raise
 
     def _open_journal(self) -> Journal:
         jpath = journal_path_for(self.path)
         for _ in range(5):
-            journal = Journal(jpath)
+            try:
+                journal = Journal(jpath)
+            except OSError as exc:
+                raise MdprError(
+                    f"Cannot write the journal {jpath} of the feature store ({describe_os_error(exc)}); choose a "
+                    "store path in a writable folder."
+                ) from None
             if not journal.lock():
                 journal.close(delete=False)
                 raise MdprError(
@@ -87,7 +102,7 @@ class StoreWriter:
                 self.stored_rows = len(store)
                 self.complete = store.complete
                 for start in range(0, self.stored_rows, 1 << 16):
-                    self.keys.update(store._h5["paths"].asstr()[start : start + (1 << 16)])
+                    self.keys.update(store._h5["paths"].asstr(errors="surrogateescape")[start : start + (1 << 16)])
                 self.failed = dict(store.failed)
         else:
             self.meta = meta
@@ -238,7 +253,7 @@ class StoreWriter:
                     step = old.default_chunk_rows(old.dtype)
                     for start in range(0, n, step):
                         stop = min(n, start + step)
-                        paths = list(old._h5["paths"].asstr()[start:stop])
+                        paths = list(old._h5["paths"].asstr(errors="surrogateescape")[start:stop])
                         stored_keys.update(paths)
                         yield Rows(
                             features=np.asarray(old._features[start:stop]),
