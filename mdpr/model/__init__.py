@@ -11,8 +11,9 @@ from typing import Optional, Union
 
 from mdpr.config import Config, InputConfig, ModelConfig
 from mdpr.model.heads import EmbeddingHead, HeadOutput
-from mdpr.model.mdpr import MDPR, MDPROutputs, resolve_model_config
-from mdpr.model.weights import LoadReport, load_model, save_checkpoint, state_dict_fingerprint
+from mdpr.model.loading import LoadReport, load_model
+from mdpr.model.network import MDPR, MDPROutputs, resolve_model_config
+from mdpr.model.saving import save_checkpoint, state_dict_fingerprint
 
 __all__ = [
     "MDPR",
@@ -36,7 +37,7 @@ def build_model(cfg: Union[Config, ModelConfig], input_cfg: Optional[InputConfig
     ImageNet statistics). When ``model.pretrained`` names a file it initialises the backbone (torchvision, IBN-Net,
     LUPerson, fast-reid) or, for a full MDPR checkpoint, all weights except mismatching classifiers.
     """
-    from mdpr.model.weights import init_from_pretrained
+    from mdpr.model.init import init_from_pretrained
 
     if isinstance(cfg, Config):
         model_cfg, input_cfg = cfg.model, input_cfg or cfg.input

@@ -17,15 +17,10 @@ from mdpr.config import Config, ModelConfig
 from mdpr.errors import MdprError
 from mdpr.model import MDPR, build_model, load_model, save_checkpoint, state_dict_fingerprint
 from mdpr.model.backbone import ResNet
-from mdpr.model.weights import (
-    infer_model_config,
-    official_to_ours,
-    ours_to_official,
-    read_checkpoint,
-    to_official_state_dict,
-)
+from mdpr.model.formats import official_to_ours, ours_to_official, to_official_state_dict
+from mdpr.model.loading import infer_model_config, read_checkpoint
 
-ORACLE_KEYS = Path(__file__).parent / "data" / "oracle_r50" / "keys.json"
+ORACLE_KEYS = Path(__file__).parents[1] / "data" / "oracle_r50" / "keys.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
