@@ -1,8 +1,9 @@
-"""The MDPR model: building, loading and saving.
+"""The MDPR model: building, loading and saving, and the backbone-family registry.
 
 ``build_model(cfg)`` -> a fresh :class:`MDPR` (optionally initialised from ``cfg.model.pretrained``);
 ``load_model(path)`` -> ``(model in eval mode, Config)`` from an mdpr or official MDPR checkpoint;
-``save_checkpoint(path, model, config, classes)`` writes an mdpr checkpoint.
+``save_checkpoint(path, model, config, classes)`` writes an mdpr checkpoint;
+``register_backbone_family(name, factory)`` makes ``model.backbone=name`` build its :class:`Backbone`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from mdpr.config import Config, InputConfig, ModelConfig
+from mdpr.model import resnet as _resnet  # noqa: F401  (registers the built-in "resnet" family)
+from mdpr.model.backbone import (
+    Backbone,
+    BackboneFamily,
+    backbone_families,
+    get_backbone_family,
+    register_backbone_family,
+    unregister_backbone_family,
+)
 from mdpr.model.heads import EmbeddingHead, HeadOutput
 from mdpr.model.loading import LoadReport, load_model
 from mdpr.model.network import MDPR, MDPROutputs, resolve_model_config
@@ -18,14 +28,20 @@ from mdpr.model.saving import save_checkpoint, state_dict_fingerprint
 __all__ = [
     "MDPR",
     "MDPROutputs",
+    "Backbone",
+    "BackboneFamily",
     "EmbeddingHead",
     "HeadOutput",
     "LoadReport",
+    "backbone_families",
     "build_model",
+    "get_backbone_family",
     "load_model",
+    "register_backbone_family",
+    "resolve_model_config",
     "save_checkpoint",
     "state_dict_fingerprint",
-    "resolve_model_config",
+    "unregister_backbone_family",
 ]
 
 

@@ -28,7 +28,7 @@ import torch
 from mdpr.config import Config, ModelConfig
 from mdpr.errors import MdprError
 from mdpr.fileio import read_torch_file
-from mdpr.model.backbone import RESNET_STAGES
+from mdpr.model.backbone import BackboneFamily, BackboneParts, backbone_families, get_backbone_family
 from mdpr.model.formats import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -37,7 +37,6 @@ from mdpr.model.formats import (
     is_mdpr_state_dict,
     is_official_state_dict,
     ours_to_official,
-    to_official_state_dict,
     translate_official_state_dict,
 )
 from mdpr.model.network import MDPR
@@ -52,46 +51,74 @@ def _block_count(state_dict: Mapping[str, Any], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _resnet_layout(state_dict: Mapping[str, Any], stage_prefixes: Sequence[str], where: str) -> Tuple[int, bool]:
-    """(depth, ibn) of a ResNet whose four stages live under ``stage_prefixes`` (each ending with '.')."""
-    blocks = tuple(_block_count(state_dict, p) for p in stage_prefixes)
-    kind = "bottleneck" if f"{stage_prefixes[0]}0.conv3.weight" in state_dict else "basic"
-    for depth, layout in RESNET_STAGES.items():
-        if layout == (kind, blocks):
-            return depth, f"{stage_prefixes[0]}0.bn1.IN.weight" in state_dict
-    raise MdprError(f"{where} holds a ResNet with {kind} blocks {list(blocks)} per stage, which is none of the "
-                    f"supported depths {', '.join(map(str, RESNET_STAGES))}.")
+def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _family_of_parts(parts: BackboneParts, where: str) -> Optional[Tuple[BackboneFamily, Dict[str, Any]]]:
+    """The first registered family whose ``infer`` recognises ``parts``, with the settings it read."""
+    for name in backbone_families():
+        family = get_backbone_family(name)
+        if family.infer is not None:
+            settings = family.infer(parts, where)
+            if settings is not None:
+                return family, settings
+    return None
+
+
+def recognise_backbone_file(state_dict: Mapping[str, torch.Tensor],
+                            where: str = "The file") -> Optional[Tuple[BackboneFamily, Dict[str, Any]]]:
+    """Which registered family (and settings) a whole-backbone state dict belongs to, or None."""
+    for name in backbone_families():
+        family = get_backbone_family(name)
+        if family.infer is not None:
+            settings = family.infer(family.split_file(state_dict)[0], where)
+            if settings is not None:
+                return family, settings
+    return None
 
 
 def infer_model_config(state_dict: Mapping[str, torch.Tensor], where: str = "The checkpoint") -> ModelConfig:
-    """Rebuild the :class:`ModelConfig` of an official-format MDPR state dict from its keys and shapes.
+    """Rebuild the :class:`ModelConfig` of an MDPR state dict (official or our key names) from its keys and shapes.
 
-    Not recoverable from weights, so left at the official defaults: ``classifier`` ("circle"), ``cls_scale``
+    The backbone family and its settings come from the first registered family that recognises the stem and the
+    stages. Not recoverable from weights, so left at the official defaults: ``classifier`` ("circle"), ``cls_scale``
     (64), ``cls_margin`` (0.35) and ``last_stride`` (1).
     """
-    sd = state_dict
-    hard = any(k.startswith("generate.backbone_part.") for k in sd)
-    soft = any(k.startswith("generate.backbone_attn.") for k in sd)
+    sd: Mapping[str, torch.Tensor] = state_dict
+    if is_official_state_dict(state_dict):
+        sd = translate_official_state_dict(state_dict)[0]
+    hard = any(k.startswith("hard_branch.") for k in sd)
+    soft = any(k.startswith("soft_branch.") for k in sd)
     if not (hard or soft):
-        raise MdprError(f"{where} has MDPR keys but neither branch (generate.backbone_part / generate.backbone_attn).")
-    branch = "generate.backbone_part." if hard else "generate.backbone_attn."
-    depth, ibn = _resnet_layout(sd, ["generate.backbone.4.", "generate.backbone.5.", f"{branch}0.", f"{branch}1."], where)
-    cfg = ModelConfig(depth=depth, ibn=ibn, branches="both" if hard and soft else ("hard" if hard else "soft"))
-    embedding_key = ("generate.embedding_hard_global.embedding.weight" if hard
-                     else "generate.embedding_attn_feature4.embedding.weight")
+        raise MdprError(f"{where} has MDPR keys but neither branch (hard_branch / soft_branch; officially "
+                        f"generate.backbone_part / generate.backbone_attn).")
+    branch = "hard_branch." if hard else "soft_branch."
+    parts = (_under(sd, "stem."), _under(sd, f"{branch}layer3."), _under(sd, f"{branch}layer4."))
+    found = _family_of_parts(parts, where)
+    if found is None:
+        raise MdprError(f"{where} holds a backbone that none of the registered backbone families "
+                        f"({', '.join(backbone_families())}) recognises; register its family with "
+                        f"mdpr.model.register_backbone_family (with infer=) or load an mdpr checkpoint, which "
+                        f"records model.backbone.")
+    family, settings = found
+    cfg = dataclasses.replace(ModelConfig(backbone=family.name), **settings,
+                              branches="both" if hard and soft else ("hard" if hard else "soft"))
+    embedding_key = f"{branch}global_embedding.conv.weight" if hard else f"{branch}layer4_embedding.conv.weight"
     if embedding_key not in sd:
-        raise MdprError(f"{where} lacks {embedding_key}, so its embedding dimension cannot be inferred.")
+        raise MdprError(f"{where} lacks {embedding_key} (officially {ours_to_official(embedding_key)}), so its "
+                        f"embedding dimension cannot be inferred.")
     cfg.embedding_dim = int(sd[embedding_key].shape[0])
     if hard:
-        cfg.num_parts = _block_count(sd, "generate.embedding_hard_part.")
+        cfg.num_parts = _block_count(sd, "hard_branch.part_embeddings.")
     if soft:
-        cfg.num_attention = int(sd["generate.attention_maker4.conv.weight"].shape[0]) - 1
-        cfg.attention_guidance = "generate.up_attn_4_3.conv.weight" in sd
+        cfg.num_attention = int(sd["soft_branch.layer4_attention.conv1x1.weight"].shape[0]) - 1
+        cfg.attention_guidance = "soft_branch.attention_guide.conv.weight" in sd
     else:
         cfg.attention_guidance = False
     cfg.fusion = any(k.startswith("fusion.") for k in sd)
-    cfg.distillation = any(k.startswith("predictor1.") for k in sd)
-    classifier_key = "hard_global_head.weight" if hard else "attn_feature4_head.weight"
+    cfg.distillation = any(k.startswith("predictors.") for k in sd)
+    classifier_key = f"{branch}global_head.classifier.weight" if hard else f"{branch}layer4_head.classifier.weight"
     cfg.num_classes = int(sd[classifier_key].shape[0]) if classifier_key in sd else 0
     return cfg
 
@@ -119,7 +146,9 @@ class Checkpoint:
     """What a weights file holds, normalised.
 
     ``kind``: "mdpr" (our checkpoint, ``state_dict`` in our names, ``config`` set), "official" (MDPR state dict,
-    translated to our names; ``config`` inferred) or "backbone" (plain ResNet keys ``conv1.*``, ``layer1.*`` ...).
+    translated to our names; ``config`` inferred), "backbone" (a whole backbone that a registered family recognises,
+    e.g. plain ResNet keys ``conv1.*``, ``layer1.*`` ...; ``family`` and ``family_settings`` say which) or "unknown"
+    (tensors no family recognises: usable only as the initialisation of a family without ``infer``).
     """
 
     kind: str
@@ -128,6 +157,8 @@ class Checkpoint:
     classes: Optional[List[Any]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
     ignored: List[str] = field(default_factory=list)  #: keys dropped while normalising (heads of backbone files ...)
+    family: Optional[str] = None  #: backbone files: the family that recognised the keys
+    family_settings: Dict[str, Any] = field(default_factory=dict)  #: ... and its settings (``{"depth": 50, ...}``)
 
 
 _BACKBONE_IGNORED_PREFIXES = ("fc.", "head.", "heads.", "classifier.", "pixel_mean", "pixel_std")
@@ -172,18 +203,16 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
     if is_official_state_dict(state):
         pixel = {k: state.pop(k) for k in ("pixel_mean", "pixel_std") if k in state}
         translated, unknown = translate_official_state_dict(state)
-        config = Config(model=infer_model_config(state, str(path)))
+        config = Config(model=infer_model_config(translated, str(path)))
         if len(pixel) == 2:  # older fast-reid models stored the normalisation as persistent buffers
-            config.input.pixel_mean = tuple(float(v) for v in pixel["pixel_mean"].flatten())
-            config.input.pixel_std = tuple(float(v) for v in pixel["pixel_std"].flatten())
+            config.input.pixel_mean = _rgb(pixel["pixel_mean"])
+            config.input.pixel_std = _rgb(pixel["pixel_std"])
         checkpoint = Checkpoint("official", translated, config, None, extra)
         # keys without a counterpart stay visible as "unexpected" when loading
         checkpoint.state_dict.update((f"<official>{k}", state[k]) for k in unknown)
         return checkpoint
     if is_mdpr_state_dict(state):
-        translated = to_official_state_dict({k: v for k, v in state.items() if ours_to_official(k) is not None})
-        config = Config(model=infer_model_config(translated, str(path)))
-        return Checkpoint("mdpr", state, config, None, extra)
+        return Checkpoint("mdpr", state, Config(model=infer_model_config(state, str(path))), None, extra)
 
     # backbone initialisation files
     ignored: List[str] = []
@@ -195,11 +224,31 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
         state = OrderedDict((k[len("backbone."):], v) for k, v in state.items() if k.startswith("backbone."))
     ignored += [k for k in state if k.startswith(_BACKBONE_IGNORED_PREFIXES)]
     state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(_BACKBONE_IGNORED_PREFIXES))
-    if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
-        raise MdprError(f"{path} is neither an MDPR checkpoint nor a ResNet backbone (keys like "
-                        f"{_short_list(list(state), 3)}); pass an mdpr, fast-reid/MDPR, torchvision, IBN-Net or "
-                        f"LUPerson checkpoint.")
-    return Checkpoint("backbone", state, None, None, extra, ignored)
+    checkpoint = Checkpoint("backbone", state, None, None, extra, ignored)
+    found = recognise_backbone_file(state, str(path))
+    if found is None:
+        checkpoint.kind = "unknown"
+    else:
+        checkpoint.family, checkpoint.family_settings = found[0].name, found[1]
+    return checkpoint
+
+
+def describe_backbone_file(checkpoint: Checkpoint) -> str:
+    """``"ResNet-50-IBN-a backbone"`` for a recognised backbone file, ``"backbone"`` otherwise."""
+    if checkpoint.family is None:
+        return "backbone"
+    family = get_backbone_family(checkpoint.family)
+    return f"{family.title(family_config(family, checkpoint.family_settings))} backbone"
+
+
+def family_config(family: BackboneFamily, settings: Mapping[str, Any], base: Optional[ModelConfig] = None) -> ModelConfig:
+    """``base`` (default: the defaults) with ``model.backbone`` set to ``family`` and its ``settings`` applied."""
+    return dataclasses.replace(base or ModelConfig(), backbone=family.name, **settings)
+
+
+def _rgb(values: torch.Tensor) -> Tuple[float, float, float]:
+    flat = [float(v) for v in values.flatten()]
+    return flat[0], flat[1], flat[2]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -280,9 +329,14 @@ def load_model(path: PathLike, strict: bool = True, map_location: Any = "cpu") -
     """
     checkpoint = read_checkpoint(path, map_location="cpu")
     if checkpoint.kind == "backbone":
-        raise MdprError(f"{path} holds only a ResNet backbone, not an MDPR model; use it to initialise training "
+        held = describe_backbone_file(checkpoint)
+        raise MdprError(f"{path} holds only a {held}, not an MDPR model; use it to initialise training "
                         f"(model.pretrained={path}) instead of loading it as a model.")
     config = checkpoint.config
+    if checkpoint.kind == "unknown" or config is None:
+        raise MdprError(f"{path} is neither an MDPR checkpoint nor a backbone that a registered family recognises "
+                        f"(keys like {_short_list(list(checkpoint.state_dict), 3)}); pass an mdpr, fast-reid/MDPR, "
+                        f"torchvision, IBN-Net or LUPerson checkpoint.")
     config.model.pretrained = None  # the checkpoint's own weights replace any initialisation
     model = MDPR(config.model, config.input)
     report = load_weights(model, checkpoint.state_dict, strict, where=f"Checkpoint {path}")
