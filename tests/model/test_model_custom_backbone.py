@@ -16,7 +16,7 @@ from torch import nn
 from trainkit import TINY, make_dataset
 from typer.testing import CliRunner
 
-from mdpr.config import ModelConfig, load_config
+from mdpr.config import ModelConfig
 from mdpr.model import Backbone, load_model, register_backbone_family, unregister_backbone_family
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,17 +44,16 @@ def toy_family() -> Iterator[str]:
 
 def test_registered_toy_family_trains_and_evaluates(toy_family, tmp_path: Path) -> None:
     from mdpr.cli import app
-    from mdpr.engine.trainer import TrainRequest, run_training
+    from mdpr.workflows.train import TrainOptions, train_run
 
     make_dataset(tmp_path / "data", name="tiny")
-    cfg = load_config("demo-cpu", [*TINY, f"model.backbone={toy_family}",
-                                   "dataloader.steps_per_epoch=3", "solver.max_epochs=1", "train.eval_period=0"])
-    cfg.dataset = "tiny"
     run = tmp_path / "run"
-    summary = run_training(None, TrainRequest(config=cfg.to_dict(), run_dir=str(run), device="cpu"))
-    assert summary is not None and summary["iterations"] == 3
-    trained = summary["final_metrics"]
-    assert 0 < trained["mAP"] <= 1 and trained["num_query"] == 4
+    result = train_run(TrainOptions(dataset="tiny", recipe="demo-cpu", output=run, epochs=1, eval_period=0,
+                                    device="cpu", overrides=[*TINY, f"model.backbone={toy_family}",
+                                                             "dataloader.steps_per_epoch=3"]))
+    assert result is not None and result.summary["iterations"] == 3
+    trained = result.summary["final_metrics"]
+    assert 0 < trained["mAP"] <= 1 and trained["num_queries"] == 4
 
     model, loaded = load_model(run / "model.pt")
     assert loaded.model.backbone == toy_family
@@ -63,9 +62,9 @@ def test_registered_toy_family_trains_and_evaluates(toy_family, tmp_path: Path) 
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 32) * 255).shape == (2, model.feature_dim)
 
-    result = CliRunner().invoke(app, ["evaluate", "--dataset", "tiny", "--weights", str(run / "model.pt"), "--json"])
-    assert result.exit_code == 0, result.output
-    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    cli = CliRunner().invoke(app, ["evaluate", "--dataset", "tiny", "--weights", str(run / "model.pt"), "--json"])
+    assert cli.exit_code == 0, cli.output
+    evaluated = json.loads(cli.stdout.strip().splitlines()[-1])
     assert evaluated["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
 
 
