@@ -29,7 +29,8 @@ IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 class ModelConfig:
     """Architecture of an MDPR model (everything needed to rebuild it from a state dict)."""
 
-    depth: int = 50  #: ResNet depth: 18, 34, 50 or 101
+    backbone: str = "resnet"  #: backbone family (mdpr.model.backbone registry); "resnet": ResNet(-IBN-a) of `depth`
+    depth: int = 50  #: ResNet depth: 18, 34, 50, 101 or 152
     ibn: bool = True  #: IBN-a in layer1..layer3 (as fast-reid's WITH_IBN)
     last_stride: int = 1
     embedding_dim: int = 512  #: BACKBONE.EMBEDDING_DIM of the official code
