@@ -762,3 +762,22 @@ def load_config(recipe: Optional[str] = None, overrides: Sequence[str] = (), **s
     if sections:
         data = deep_merge(data, sections)
     return Config.from_dict(data)
+
+
+def load_run_config(source: Union[str, Path, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Config:
+    """A run's resolved config (its ``config.yaml`` or a checkpoint's stored dict) with ``overrides`` applied."""
+    if isinstance(source, Mapping):
+        base = dict(source)
+    else:
+        path = Path(source)
+        try:
+            base = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MdprError(f"The run's config {source} cannot be read ({exc.__class__.__name__}); restore it "
+                            "from the run's last.pt or start a new run.") from None
+        except yaml.YAMLError as exc:
+            raise MdprError(f"The run's config {source} is not valid YAML ({_yaml_problem(exc)}); restore it "
+                            "from the run's last.pt or start a new run.") from None
+        if not isinstance(base, dict):
+            raise MdprError(f"The run's config {source} is not a mapping of settings; restore it or start a new run.")
+    return Config.from_dict(deep_merge(base, parse_overrides(overrides)))
