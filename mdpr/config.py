@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,7 @@ _RULES: Dict[str, Rule] = {
     "model.classifier": _choice(CLASSIFIERS),
     "model.cls_scale": _POSITIVE,
     "model.cls_margin": Rule("a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
-    "model.pretrained": Rule("a file path or null", lambda v: v is None or bool(v.strip())),
+    "model.pretrained": Rule("a file path or null"),
     "input.size_train": _SIZE,
     "input.size_test": _SIZE,
     "input.interpolation": _choice(INTERPOLATIONS, case=False),
@@ -445,12 +446,15 @@ def _hints(cls: type) -> Dict[str, Any]:
     return _HINTS[cls]
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def _show(value: Any, limit: int = 60, depth: int = 0) -> str:
     """A short, readable rendering of a user's value for an error sentence."""
-    if isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(_show(v, limit) for v in value) + "]"
+    if depth > 3 and isinstance(value, (list, tuple, Mapping)):
+        text = "..."  # deep or self-referencing (YAML anchors) structures
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_show(v, limit, depth + 1) for v in value[:limit]) + "]"
     elif isinstance(value, Mapping):
-        text = "{" + ", ".join(f"{k}: {_show(v, limit)}" for k, v in value.items()) + "}"
+        items = list(value.items())[:limit]
+        text = "{" + ", ".join(f"{k}: {_show(v, limit, depth + 1)}" for k, v in items) + "}"
     elif value is None:
         text = "null"
     elif isinstance(value, bool):
@@ -631,6 +635,13 @@ _Yaml12Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _construct_decimal_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    return int(str(loader.construct_scalar(node)), 10)  # YAML 1.2: 010 is ten, not octal eight
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_decimal_int)
+
+
 def load_yaml(text: str) -> Any:
     """Parse YAML text with the coercion rules' YAML 1.2 scalars (raises ``yaml.YAMLError``)."""
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
@@ -673,7 +684,7 @@ def _recipe_path(name: str, relative_to: Optional[Path]) -> Path:
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_absolute() and relative_to is not None:
-            path = relative_to.parent / path
+            path = Path(os.path.normpath(relative_to.parent / path))
         if not path.is_file():
             where = f" (named by _base_ in {relative_to})" if relative_to is not None else ""
             raise MdprError(f"Recipe file {path}{where} does not exist.")
