@@ -15,6 +15,11 @@ STAGE_LABELS: Dict[str, str] = {
     "rerank:neighbours": "Re-ranking: nearest neighbours",
     "rerank:encoding": "Re-ranking: k-reciprocal encoding",
     "rerank:jaccard": "Re-ranking: Jaccard distances",
+    "export": "Exporting",
+    "openvino": "Converting to OpenVINO",
+    "parity:onnxruntime": "Checking against PyTorch (onnxruntime)",
+    "parity:openvino": "Checking against PyTorch (OpenVINO)",
+    "parity:torchscript": "Checking against PyTorch (TorchScript)",
 }
 
 
