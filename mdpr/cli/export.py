@@ -29,9 +29,18 @@ class Target(str, Enum):
     boxmot = "boxmot"
 
 
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+
+
 #: Library argument names -> this command's flags, for error messages.
 _FLAGS = {"(weights)": "(--weights)", "batch_sizes": "--batch-sizes", "(format)": "(--format)",
-          "(target)": "(--target)", "input_convention": "--input"}
+          "(target)": "(--target)", "input_convention": "--input", "(dataset)": "(--dataset)",
+          "(calibrate)": "(--calibrate)", "max_map_drop": "--max-map-drop", "calibration_images": "--calibration-images",
+          "(method)": "(--calibration-method)", "pass force": "pass --force", "or force": "or --force",
+          "add int8": "add --int8", "calibrate and dataset apply": "--calibrate and --dataset apply"}
 
 LABELS = {"onnx": "ONNX", "openvino": "OpenVINO", "torchscript": "TorchScript"}
 BACKEND_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "torchscript": "torchscript"}
@@ -65,6 +74,16 @@ def export(
                                "_openvino_model folder when OpenVINO is installed."),
     batch_sizes: str = typer.Option("1,7,32", "--batch-sizes", help="Comma-separated batch sizes for the parity check."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise to INT8 (onnxruntime static quantisation, QDQ)."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="INT8: folder of person crops for the ranges."),
+    calibration_images: int = typer.Option(256, "--calibration-images", help="INT8: crops used from --calibrate."),
+    calibration_method: CalibrationMethod = typer.Option(CalibrationMethod.minmax, "--calibration-method",
+                                                         help="INT8: minmax, percentile or entropy ranges."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+                                          help="INT8: labelled dataset on which mAP and Rank-1 are compared."),
+    max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8: mAP points the model may lose."),
+    force: bool = typer.Option(False, "--force", help="INT8: write the model even if it loses more (or unmeasured)."),
+    device: str = typer.Option("auto", "--device", help="INT8: device of the fp32 reference evaluation."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Export the eval model and compare the exported file with PyTorch on several batch sizes."""
@@ -83,6 +102,9 @@ def export(
         weights=weights, output=output, format=fmt,
         input_convention=input_convention.value if input_convention is not None else None,
         target=target.value if target is not None else None, batch_sizes=_parse_sizes(batch_sizes), opset=opset,
+        int8=int8, calibrate=calibrate, calibration_images=calibration_images,
+        calibration_method=calibration_method.value, dataset=dataset, max_map_drop=max_map_drop, force=force,
+        device=device,
     )
     notes: List[str] = []
     with StageProgress(err_console) as progress:
@@ -91,6 +113,8 @@ def export(
         print_json(result.to_dict())
     else:
         _render(result.report)
+        if result.int8 is not None:
+            _render_int8(result.int8)
     for text in notes:
         err_console.print(text, highlight=False)
     if not result.passed:
@@ -120,6 +144,22 @@ def _render(report: Any) -> None:
                   f"max |diff| {report.max_abs_diff_overall:.3g}", highlight=False)
     for path in report.written[1:]:
         console.print(f"also wrote {path}", highlight=False)
+
+
+def _render_int8(summary: Any) -> None:
+    line = (f"INT8: calibrated on {summary.calibration_images} crops ({summary.calibration_method}); "
+            f"min cosine to fp32 {summary.min_cosine_to_fp32:.5f}")
+    console.print(line, highlight=False)
+    if summary.fp32 is None:
+        console.print("accuracy not measured (no --dataset); written because of --force", highlight=False)
+        return
+    table = Table(title=f"INT8 accuracy on {summary.dataset} ({summary.backend})")
+    for column in ("", "mAP", "Rank-1"):
+        table.add_column(column, justify="right")
+    table.add_row("fp32 (PyTorch)", f"{100 * summary.fp32.mAP:.2f}", f"{100 * summary.fp32.rank1:.2f}")
+    table.add_row("INT8", f"{100 * summary.int8.mAP:.2f}", f"{100 * summary.int8.rank1:.2f}")
+    table.add_row("change (points)", f"{-summary.map_drop:+.2f}", f"{-summary.rank1_drop:+.2f}")
+    console.print(table)
 
 
 def _parse_sizes(text: str) -> List[int]:

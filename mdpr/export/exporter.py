@@ -133,13 +133,15 @@ def export_model(
     config: Optional[Config] = None,
     fingerprint: Optional[str] = None,
     progress: Optional[Progress] = None,
+    companions: bool = True,
 ) -> ExportReport:
     """Export the eval model of ``weights`` (or of ``model`` + ``config``) and check it against PyTorch.
 
     ``format`` onnx (default) / openvino / torchscript; ``input_convention`` raw255 (default) / imagenet;
     ``target="boxmot"`` means an ONNX file with boxmot's names and ImageNet input, its
     ``PATH.metadata.json`` sidecar, and a ``*_openvino_model`` folder beside it when OpenVINO is installed.
-    A failed parity check does not raise: look at :attr:`ExportReport.passed`.
+    A failed parity check does not raise: look at :attr:`ExportReport.passed`. ``companions=False`` writes only
+    the model file (no boxmot sidecar or OpenVINO folder; the INT8 path adds them to its own file).
     """
     fmt, convention = resolve_target(format, input_convention, target)
     if not batch_sizes or any(int(n) < 1 for n in batch_sizes):
@@ -152,7 +154,7 @@ def export_model(
     if model is None or config is None:
         if weights is None:
             raise MdprError("Pass the checkpoint to export (weights), or both model and config.")
-        model, config = _load(Path(weights).expanduser())
+        model, config = load_checkpoint(Path(weights).expanduser())
     model = model.eval().float()
     if fingerprint is None:
         from mdpr.model.weights import state_dict_fingerprint
@@ -169,7 +171,7 @@ def export_model(
     )
     report = ExportReport(out, fmt, convention, meta.input_size, meta.feature_dim, meta.opset, "fp32", target, meta)
     module = adapt(model, convention)
-    stage = _stages(progress)
+    stage = stages(progress)
 
     stage("export")
     if fmt == "onnx":
@@ -177,11 +179,8 @@ def export_model(
         report.written.append(out)
         stage("parity:onnxruntime")
         report.parity.append(check_parity(model, open_runner(out, "onnxruntime", metadata=meta), batch_sizes, seed))
-        if target == "boxmot":
-            sidecar = boxmot_sidecar_path(out)
-            atomic_write_json(sidecar, boxmot_sidecar(meta))
-            report.written.append(sidecar)
-            _boxmot_openvino(out, meta, model, batch_sizes, seed, report, stage)
+        if target == "boxmot" and companions:
+            add_boxmot_companions(out, meta, model, batch_sizes, seed, report, stage)
     elif fmt == "openvino":
         from mdpr.export.openvino import write_openvino
 
@@ -205,8 +204,13 @@ def export_model(
     return report
 
 
-def _boxmot_openvino(onnx_path: Path, meta: ExportMetadata, model: torch.nn.Module, batch_sizes: Sequence[int],
-                     seed: int, report: ExportReport, stage: Callable[[str], None]) -> None:
+def add_boxmot_companions(onnx_path: Path, meta: ExportMetadata, model: torch.nn.Module, batch_sizes: Sequence[int],
+                          seed: int, report: ExportReport, stage: Callable[[str], None]) -> None:
+    """The boxmot sidecar beside ``onnx_path`` and, when OpenVINO is installed, the parity-checked
+    ``*_openvino_model`` folder converted from it."""
+    sidecar = boxmot_sidecar_path(onnx_path)
+    atomic_write_json(sidecar, boxmot_sidecar(meta))
+    report.written.append(sidecar)
     if not openvino_available():
         report.notes.append('OpenVINO is not installed, so no _openvino_model folder was written '
                             '(pip install "mdpr[openvino]" to get one).')
@@ -232,7 +236,7 @@ def _feature_dim(model: torch.nn.Module, config: Config) -> int:
     return int(dim)
 
 
-def _stages(progress: Optional[Progress]) -> Callable[[str], None]:
+def stages(progress: Optional[Progress]) -> Callable[[str], None]:
     def stage(name: str) -> None:
         if progress is not None:
             progress(name, 0, 1)
@@ -240,7 +244,7 @@ def _stages(progress: Optional[Progress]) -> Callable[[str], None]:
     return stage
 
 
-def _load(path: Path) -> Tuple[torch.nn.Module, Config]:
+def load_checkpoint(path: Path) -> Tuple[torch.nn.Module, Config]:
     if not path.is_file():
         raise MdprError(f"Checkpoint {path} does not exist; pass the path of a .pt/.pth file (weights).")
     from mdpr.model import load_model
