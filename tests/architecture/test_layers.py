@@ -31,6 +31,8 @@ LAYER_OF: Dict[str, int] = {unit: depth for depth, units in enumerate(LAYERS) fo
 SIDEWAYS: Dict[Tuple[str, str], str] = {
     ("search", "store"): "search ranks the rows of feature stores",
     ("search", "evaluation"): "re-ranking a shortlist uses the evaluation's k-reciprocal re-ranking",
+    ("inference", "export"): "the onnxruntime / openvino backends run exported files (a checkpoint is exported "
+                             "into a cache first)",
     ("losses", "model"): "the losses read the model's typed training outputs",
     ("config", "fileio"): "a resolved config is written with the one atomic writer",
     ("config", "errors"): "errors is the foundation of the foundation layer",
