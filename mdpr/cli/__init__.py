@@ -12,6 +12,7 @@ _COMMANDS = [
     "train",
     "evaluate",
     "extract",
+    "index",
     "query",
     "visualize",
     "export",

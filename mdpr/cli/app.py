@@ -43,8 +43,11 @@ def fail(message: str) -> None:
     raise typer.Exit(USER_ERROR)
 
 
-def command(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2."""
+def command(name: str, group: Any = None, **kwargs: Any) -> Callable[[F], F]:
+    """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2.
+
+    ``group``: a typer sub-application (``mdpr index build``) instead of the top level.
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -57,7 +60,7 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
                 err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
                 raise typer.Exit(130) from None
 
-        app.command(name, **kwargs)(guarded)
+        (group or app).command(name, **kwargs)(guarded)
         return fn
 
     return decorate
