@@ -40,7 +40,7 @@ class Metric(str, Enum):
     euclidean = "euclidean"
 
 
-@command("build", group=index_app, help="Build the index of a feature store (written beside it, atomically).",
+@command("build", app_=index_app, help="Build the index of a feature store (written beside it, atomically).",
          epilog=EXAMPLES)
 def build(
     gallery: Path = typer.Option(..., "--gallery", "-g", help="Feature store written by `mdpr extract`."),
@@ -84,7 +84,7 @@ def build(
                                           result.settings, result.params, result.shards))
 
 
-@command("update", group=index_app, help="Add rows appended to the store since its index was built.",
+@command("update", app_=index_app, help="Add rows appended to the store since its index was built.",
          epilog=EXAMPLES)
 def update(
     gallery: Path = typer.Argument(..., help="Feature store whose index to update.", show_default=False),
@@ -105,7 +105,7 @@ def update(
                                           result.settings, result.params, result.shards))
 
 
-@command("info", group=index_app, help="Kind, size, memory, recall and settings of a store's index.",
+@command("info", app_=index_app, help="Kind, size, memory, recall and settings of a store's index.",
          epilog=EXAMPLES)
 def info(
     gallery: Path = typer.Argument(..., help="Feature store whose index to describe.", show_default=False),

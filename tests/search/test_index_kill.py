@@ -23,7 +23,7 @@ pytest.importorskip("faiss")
 # metadata is missing).
 SCRIPT = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {tests!r})  # tests/ (indexkit)
 import mdpr.search.faiss_index as fi
 from mdpr.store import FeatureStore
 fi.ADD_ROWS = 100
@@ -47,7 +47,7 @@ def test_kill_during_build_leaves_no_half_written_index(tmp_path: Path, stage: s
             build_index(store, "flat", queries=20)
     before = sorted(p.name for p in folder.iterdir()) if earlier else None
     script = tmp_path / "build.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), params=SMALL_IVFPQ))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1]), params=SMALL_IVFPQ))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(script), str(path), stage], capture_output=True, text=True,
                           timeout=300, env=env)
