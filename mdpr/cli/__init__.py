@@ -14,6 +14,7 @@ _COMMANDS = [
     "extract",
     "index",
     "query",
+    "store",
     "visualize",
     "export",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -25,9 +26,6 @@ index_app = typer.Typer(name="index", help="Build and inspect the faiss index be
                         no_args_is_help=True, rich_markup_mode="rich", epilog=EXAMPLES)
 app.add_typer(index_app, name="index")
 
-STAGES = {"train": "Training", "add": "Adding rows", "recall": "Measuring recall"}
-
-
 class Kind(str, Enum):
     auto = "auto"
     flat = "flat"
@@ -40,7 +38,11 @@ class Metric(str, Enum):
     euclidean = "euclidean"
 
 
-@command("build", app_=index_app, help="Build the index of a feature store (written beside it, atomically).",
+FLAGS = {"nlist": "--nlist", "m": "--m", "nbits": "--nbits", "hnsw_m": "--hnsw-m", "ef_construction": "--ef-construction",
+         "shards": "--shards", "recall": "--recall", "gpu=True": "--gpu", "gpu": "--gpu", "kind": "--kind"}
+
+
+@command("build", app_=index_app, flags=FLAGS, help="Build the index of a feature store (written beside it, atomically).",
          epilog=EXAMPLES)
 def build(
     gallery: Path = typer.Option(..., "--gallery", "-g", help="Feature store written by `mdpr extract`."),
@@ -166,22 +168,10 @@ def _table(title: str, rows: List[Tuple[str, str]]) -> None:
     console.print(table)
 
 
-class _progress:
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A progress bar on stderr fed by the workflow's ``progress(stage, done, total)``."""
+    from mdpr.cli.progress import StageProgress
 
-    def __enter__(self) -> Callable[[str, int, int], None]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err_console, transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("Starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            self.bar.update(self.task, description=STAGES.get(stage, stage), completed=done, total=total)
-
-        return progress
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
+    with StageProgress(err_console) as bar:
+        yield lambda stage, done, total: bar(f"index:{stage}", done, total)

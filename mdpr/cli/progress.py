@@ -15,6 +15,10 @@ STAGE_LABELS: Dict[str, str] = {
     "rerank:neighbours": "Re-ranking: nearest neighbours",
     "rerank:encoding": "Re-ranking: k-reciprocal encoding",
     "rerank:jaccard": "Re-ranking: Jaccard distances",
+    "index:train": "Training the index",
+    "index:add": "Adding rows to the index",
+    "index:recall": "Measuring recall",
+    "export:parquet": "Writing Parquet",
 }
 
 

@@ -152,20 +152,21 @@ def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> Dict
         nlist, m, nbits = int(out["nlist"]), int(out["m"]), int(out["nbits"])
         if not 1 <= nlist <= rows:
             raise MdprError(f"nlist {nlist} must be between 1 and the store's {rows} rows; the default for this store "
-                            f"is {default_params(kind, rows, dim)['nlist']}.")
+                            f"is {default_params(kind, rows, dim)['nlist']}.", keys=("nlist",))
         if m < 1 or dim % m:
             raise MdprError(f"m {m} (PQ sub-vectors) must divide the feature size {dim}; for example "
-                            f"{default_params(kind, rows, dim)['m']}.")
+                            f"{default_params(kind, rows, dim)['m']}.", keys=("m",))
         if not 1 <= nbits <= 16:
-            raise MdprError(f"nbits {nbits} must be between 1 and 16 (8 is usual).")
+            raise MdprError(f"nbits {nbits} must be between 1 and 16 (8 is usual).", keys=("nbits",))
         if 2 ** nbits > rows:
             raise MdprError(f"nbits {nbits} needs at least {2 ** nbits} rows to train on, more than the store's {rows}; "
-                            f"the most for this store is {int(math.log2(rows))}.")
+                            f"the most for this store is {int(math.log2(rows))}.", keys=("nbits",))
     if kind == "hnsw":
         if int(out["hnsw_m"]) < 2:
-            raise MdprError(f"hnsw_m {out['hnsw_m']} must be at least 2 (32 is usual).")
+            raise MdprError(f"hnsw_m {out['hnsw_m']} must be at least 2 (32 is usual).", keys=("hnsw_m",))
         if int(out["ef_construction"]) < 1:
-            raise MdprError(f"ef_construction {out['ef_construction']} must be at least 1 (40 is usual).")
+            raise MdprError(f"ef_construction {out['ef_construction']} must be at least 1 (40 is usual).",
+                           keys=("ef_construction",))
     return {k: int(v) for k, v in out.items()}
 
 
@@ -211,9 +212,10 @@ class _GpuBuild:
             return
         if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
             raise MdprError("gpu=True needs faiss with GPU support (the faiss-gpu package) and a CUDA device, and this "
-                            "faiss has none; build on the CPU (leave gpu out).")
+                            "faiss has none; build on the CPU (leave gpu out).", keys=("gpu=True", "gpu"))
         if kind == "hnsw":
-            raise MdprError("faiss builds HNSW indexes on the CPU only; leave gpu out, or choose kind ivfpq or flat.")
+            raise MdprError("faiss builds HNSW indexes on the CPU only; leave gpu out, or choose kind ivfpq or flat.",
+                            keys=("gpu", "kind"))
         self.res = faiss.StandardGpuResources()
 
     def to_device(self, index: Any) -> Any:
@@ -326,13 +328,13 @@ def build_index(
     elif kind in FAISS_KINDS:
         reason = f"kind {kind} was asked for"
     else:
-        raise MdprError(f"Unknown index kind '{kind}'; use auto, {', '.join(FAISS_KINDS)}.")
+        raise MdprError(f"Unknown index kind '{kind}'; use auto, {', '.join(FAISS_KINDS)}.", keys=("kind",))
     if rows == 0:
         raise MdprError(f"Feature store {store.path} is empty; add rows with `mdpr extract` before building an index.")
     if not 1 <= int(shards) <= rows:
-        raise MdprError(f"shards {shards} must be between 1 and the store's {rows} rows.")
+        raise MdprError(f"shards {shards} must be between 1 and the store's {rows} rows.", keys=("shards",))
     if recall is not None and not 0.0 < float(recall) <= 1.0:
-        raise MdprError(f"recall {recall} must be a fraction in (0, 1], for example 0.95.")
+        raise MdprError(f"recall {recall} must be a fraction in (0, 1], for example 0.95.", keys=("recall",))
     params = check_params(kind, rows, dim, {"nlist": nlist, "m": m, "nbits": nbits, "hnsw_m": hnsw_m,
                                             "ef_construction": ef_construction})
     faiss = import_faiss()
@@ -485,7 +487,7 @@ class FaissIndex(Index):
             nprobe = int(nprobe)
             if not 1 <= nprobe <= self.nlist:
                 raise MdprError(f"nprobe {nprobe} must be between 1 and the index's {self.nlist} lists; the most is "
-                                f"{self.nlist}.")
+                                f"{self.nlist}.", keys=("nprobe",))
             for shard in self.shard_indexes:
                 shard.nprobe = nprobe
             self.settings["nprobe"] = nprobe
@@ -495,7 +497,7 @@ class FaissIndex(Index):
                                 + ("; use nprobe." if self.kind == "ivfpq" else "; leave ef out."))
             ef = int(ef)
             if ef < 1:
-                raise MdprError(f"ef {ef} must be at least 1 (larger finds more true neighbours, more slowly).")
+                raise MdprError(f"ef {ef} must be at least 1 (larger finds more true neighbours, more slowly).", keys=("ef",))
             for shard in self.shard_indexes:
                 shard.hnsw.efSearch = ef
             self.settings["ef"] = ef
@@ -629,8 +631,9 @@ def tune(index: FaissIndex, recall: Optional[float], queries: int = RECALL_QUERI
         knob = ", ".join(f"{k} {v}" for k, v in step.items()) or "exact rescoring"
         more = {"ivfpq": " or build with more lists or longer codes (nlist, m)", "hnsw": " or build with a larger "
                 "hnsw_m / ef_construction"}.get(index.kind, "")
-        raise MdprError(f"recall {target:g} is not reachable with this index: the best measured recall@10 is "
-                        f"{at10:.3f} ({knob}); ask for at most {at10:.3f}{more}.")
+        raise MdprError(f"The recall target {target:g} is not reachable with this index: the best measured recall@10 "
+                        f"is {at10:.3f} ({knob}); ask for at most {at10:.3f}{more}.", keys=("nlist", "m", "hnsw_m",
+                                                                                         "ef_construction"))
     index.configure(**step)
     settings: Dict[str, Any] = {**step, "shortlist": index.shortlist}
     return settings, {**measured, "queries": int(rows.size), "target": target, "settings": dict(step)}

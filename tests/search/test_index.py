@@ -67,7 +67,7 @@ def test_recall_target_tunes_nprobe_and_impossible_settings_say_the_best(tmp_pat
             open_index(store, "auto", nprobe=4)
         before = (index_dir_for(path) / "index.json").read_text()
         # one 2-bit sub-quantizer cannot separate 50 identities: recall 1.0 is out of reach
-        with pytest.raises(MdprError, match=r"recall 1 is not reachable .* best measured recall@10 is 0\.\d+ .*ask for at most"):
+        with pytest.raises(MdprError, match=r"The recall target 1 is not reachable .* best measured recall@10 is 0\.\d+ .*ask for at most"):
             build_index(store, "ivfpq", recall=1.0, nlist=4, m=1, nbits=2, queries=50)
         assert (index_dir_for(path) / "index.json").read_text() == before  # nothing replaced
         assert sorted(p.name for p in index_dir_for(path).glob("*.faiss")) == [
