@@ -14,11 +14,13 @@ import ast
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
+from layermap import LAYER_OF, SIDEWAYS
+
 import mdpr
 
 PACKAGE = Path(mdpr.__file__).parent
 
-from layermap import LAYER_OF, SIDEWAYS  # noqa: E402
+
 
 
 def _modules() -> Iterator[Tuple[str, Path]]:
