@@ -53,14 +53,15 @@ def main() -> None:
           f"{stats['query_images']} query, {stats['gallery_images']} gallery, {stats['cameras']} cameras")
 
     if args.train:
-        from mdpr.engine.trainer import TrainRequest, plan_run, run_training
+        from mdpr.workflows.train import TrainOptions, train_run
 
-        plan = plan_run(dataset=args.name, recipe="demo-cpu", output=Path("runs") / args.name, epochs=args.epochs,
-                        overrides=["input.size_train=[96,48]", "input.size_test=[96,48]"])
-        request = TrainRequest(config=plan.config.to_dict(), run_dir=str(plan.run_dir), resume=plan.resume, device="cpu")
-        summary = run_training(None, request)
-        print("final metrics:", {k: summary[k] for k in ("mAP", "rank1") if summary and k in summary})
-        print(f"evaluate again with: mdpr evaluate --dataset {args.name} --weights {plan.run_dir / 'last.pt'}")
+        result = train_run(TrainOptions(dataset=args.name, recipe="demo-cpu", output=Path("runs") / args.name,
+                                        epochs=args.epochs, device="cpu",
+                                        overrides=["input.size_train=[96,48]", "input.size_test=[96,48]"]))
+        assert result is not None  # one process: always the main one
+        metrics = result.summary.get("final_metrics", {})
+        print("final metrics:", {k: metrics[k] for k in ("mAP", "rank1") if k in metrics})
+        print(f"evaluate again with: mdpr evaluate --dataset {args.name} --weights {result.run_dir / 'model.pt'}")
 
 
 if __name__ == "__main__":

@@ -270,3 +270,18 @@ def load_config(recipe: Optional[str] = None, overrides: Sequence[str] = (), **s
     if recipe and not cfg.recipe:
         cfg.recipe = Path(recipe).stem
     return cfg
+
+
+def load_run_config(source: Union[str, Path, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Config:
+    """A run's resolved config (its ``config.yaml`` or a checkpoint's stored dict) with ``overrides`` applied."""
+    if isinstance(source, Mapping):
+        base = dict(source)
+    else:
+        try:
+            base = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise MdprError(f"The run's config {source} cannot be read ({str(exc).splitlines()[0][:120]}); restore it "
+                            "from the run's last.pt or start a new run.") from None
+        if not isinstance(base, dict):
+            raise MdprError(f"The run's config {source} is not a mapping of settings; restore it or start a new run.")
+    return Config.from_dict(_deep_merge(base, parse_overrides(overrides)))

@@ -174,3 +174,54 @@ def _first_line(exc: BaseException) -> str:
         if marker in line:
             return "it holds objects other than tensors and plain values, which mdpr never unpickles"
     return line[:200]
+
+
+# ---------------------------------------------------------------------------------------------- output paths
+
+
+def _probe_dir(folder: Path, what: str, path: Path) -> None:
+    """Raise one sentence unless ``folder`` is (or can become) a writable folder."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link or a loop
+            raise MdprError(f"Cannot write {what} {path}: {existing} is a broken symbolic link; choose another path.")
+        parent = existing.parent
+        if parent == existing:
+            break
+        existing = parent
+    if not existing.is_dir():
+        raise MdprError(f"Cannot write {what} {path}: {existing} is a file, not a folder; choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MdprError(f"Cannot write {what} {path}: the folder {existing} is not writable (permission denied or a "
+                        "read-only file system); choose another path.")
+    try:  # access() says yes on read-only mounts for root: create and remove a probe file
+        fd, probe = tempfile.mkstemp(prefix=".mdpr-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MdprError(f"Cannot write {what} {path}: {describe_os_error(exc)} in {existing}; choose another "
+                        "path.") from None
+
+
+def check_output_file(path: PathLike, what: str = "the output file") -> Path:
+    """Check before any work that ``path`` can be written as a file (not a folder, writable parent)."""
+    target = Path(path).expanduser()
+    try:
+        if target.is_dir():
+            raise MdprError(f"Cannot write {what} {target}: it is a folder; give a file name.")
+        _probe_dir(target.parent if str(target.parent) else Path("."), what, target)
+    except OSError as exc:  # e.g. ELOOP while resolving
+        raise MdprError(f"Cannot write {what} {target}: {describe_os_error(exc)}; choose another path.") from None
+    return target
+
+
+def check_output_folder(path: PathLike, what: str = "the output folder") -> Path:
+    """Check before any work that ``path`` is, or can be created as, a writable folder."""
+    target = Path(path).expanduser()
+    try:
+        if target.exists() and not target.is_dir():
+            raise MdprError(f"Cannot write {what} {target}: it is a file, not a folder; choose another path.")
+        _probe_dir(target, what, target)
+    except OSError as exc:
+        raise MdprError(f"Cannot write {what} {target}: {describe_os_error(exc)}; choose another path.") from None
+    return target

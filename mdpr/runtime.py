@@ -171,3 +171,13 @@ def l2_normalize(features: np.ndarray, *, inplace: bool = False) -> np.ndarray:
         x *= scale
         return x
     return (x * scale).astype(np.float32, copy=False)
+
+
+def apply_cpu_threads(requested: Optional[int] = None) -> Tuple[int, str]:
+    """Set torch's CPU threads by :func:`choose_cpu_threads`; returns ``(threads, why)`` (why "busy": reduced
+    to one because other processes keep the cores busy)."""
+    import torch
+
+    threads, why = choose_cpu_threads(requested)
+    torch.set_num_threads(threads)
+    return threads, why

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mdpr.cli.evaluate  # registers the subcommand
+import mdpr.evaluation.pipeline
 from mdpr.cli import app
 from mdpr.evaluation import aqe, compute_distance, evaluate, re_rank
 from mdpr.store import StoreMeta, write_store
@@ -124,7 +125,7 @@ def test_error_different_dimensions(stores, tmp_path):
 def test_error_different_models(stores, tmp_path):
     _, g_pids, _, g_cams = stores["labels"]
     g = _store(tmp_path / "other.h5", stores["gf"], g_pids, g_cams, fingerprint="fff999")
-    assert "different models" in _error(["--query-features", stores["q"], "--gallery-features", g])
+    assert "are not the ones that made the gallery store" in _error(["--query-features", stores["q"], "--gallery-features", g])
 
 
 def test_error_empty_store(stores, tmp_path):
@@ -183,7 +184,7 @@ def test_error_normalised_and_raw_stores_under_euclidean(stores, tmp_path):
 
 
 def test_rerank_prints_an_estimate_before_long_runs(stores, monkeypatch):
-    monkeypatch.setattr(mdpr.cli.evaluate, "_ANNOUNCE_RERANK_IMAGES", 50)
+    monkeypatch.setattr(mdpr.evaluation.pipeline, "ANNOUNCE_RERANK_IMAGES", 50)
     result = runner.invoke(app, ["evaluate", "--query-features", str(stores["q"]), "--gallery-features",
                                  str(stores["g"]), "--rerank", "--json"])
     assert result.exit_code == 0, result.output

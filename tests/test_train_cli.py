@@ -38,7 +38,7 @@ def test_run_directory_holds_config_metrics_checkpoints_plot(tiny, tmp_path: Pat
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 2 and summary["iterations"] == 2
     assert [e["epoch"] for e in summary["evaluations"]] == [1, 2]
-    assert 0 <= summary["final_metrics"]["mAP"] <= 1 and summary["final_metrics"]["num_query"] == 4
+    assert 0 <= summary["final_metrics"]["mAP"] <= 1 and summary["final_metrics"]["num_queries"] == 4
     for name in ("config.yaml", "metrics.jsonl", "log.txt", "last.pt", "epoch_001.pt", "epoch_002.pt",
                  "model.pt", "summary.json", "training.png"):
         assert (run / name).is_file(), name

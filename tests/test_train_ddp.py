@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from mdpr.cli import app
 from mdpr.config import Config
-from mdpr.engine.trainer import seed_everything
+from mdpr.engine.rng import seed_everything
 from mdpr.model import build_model
 
 LR = 1e-4

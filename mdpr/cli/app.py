@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import sys
-from typing import Any, Callable, TypeVar
+import traceback
+from typing import Any, Callable, Dict, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -43,8 +46,30 @@ def fail(message: str) -> None:
     raise typer.Exit(USER_ERROR)
 
 
-def command(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2."""
+def in_flag_terms(message: str, flags: Optional[Dict[str, str]], keys: Sequence[str] = ()) -> str:
+    """Library messages name arguments and config keys (``top_k``); the CLI names its flags (``--top-k``).
+
+    With ``keys`` (the names the message says it uses) only those are translated.
+    """
+    for key, flag in (flags or {}).items():
+        if keys and key not in keys:
+            continue
+        message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w-])", flag, message)
+    return message
+
+
+def debug_enabled() -> bool:
+    """``MDPR_DEBUG=1`` shows the traceback behind a user error (for bug reports)."""
+    return os.environ.get("MDPR_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[typer.Typer] = None,
+            **kwargs: Any) -> Callable[[F], F]:
+    """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2.
+
+    ``flags`` maps the argument names a library message may use to this command's flags.
+    ``app_`` registers on a sub-application (``mdpr index build``) instead of the root.
+    """
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -52,12 +77,14 @@ def command(name: str, **kwargs: Any) -> Callable[[F], F]:
             try:
                 return fn(*args, **kw)
             except MdprError as exc:
-                fail(str(exc))
+                if debug_enabled():
+                    traceback.print_exc()
+                fail(in_flag_terms(str(exc), flags, exc.keys))
             except KeyboardInterrupt:
                 err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
                 raise typer.Exit(130) from None
 
-        app.command(name, **kwargs)(guarded)
+        (app_ or app).command(name, **kwargs)(guarded)
         return fn
 
     return decorate

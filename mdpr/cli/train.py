@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -128,7 +127,7 @@ class TrainReporter:
     def _on_eval(self, e: Dict[str, Any]) -> None:
         self.console.print(
             f"[green]evaluation[/] after epoch {e['epoch']}: mAP {e['mAP']:.4f}  Rank-1 {e['rank1']:.4f}  "
-            f"Rank-5 {e['rank5']:.4f}  mINP {e['mINP']:.4f}  ({e['num_query']} queries, {e['seconds']:.1f} s)",
+            f"Rank-5 {e['rank5']:.4f}  mINP {e['mINP']:.4f}  ({e['num_queries']} queries, {e['seconds']:.1f} s)",
             highlight=False,
         )
 
@@ -186,7 +185,12 @@ def _summary_table(summary: Dict[str, Any]) -> Any:
     return table
 
 
-@command("train", help="Train an MDPR model on a prepared dataset (CPU, GPUs or torchrun; resumable).", epilog=EXAMPLES)
+#: Library argument names -> this command's flags, for error messages.
+_FLAGS = {"overrides": "--set", "output": "--output", "recipe": "--recipe", "dataset NAME": "--dataset NAME",
+          "weights": "--weights"}
+
+
+@command("train", flags=_FLAGS, help="Train an MDPR model on a prepared dataset (CPU, GPUs or torchrun; resumable).", epilog=EXAMPLES)
 def train(
     dataset: Optional[str] = typer.Option(
         None, "--dataset", "-d", help="Registered dataset name (see mdpr prepare) or a manifest file."
@@ -223,63 +227,23 @@ def train(
     # OpenMP threads that spin while waiting make CPU training several times slower as soon as other
     # processes share the cores; passive waiting costs little on an idle machine. Must precede `import torch`.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mdpr.engine.distributed import cleanup, init_from_torchrun, launch, plan_processes, torchrun_env
-    from mdpr.engine.trainer import SUMMARY, TrainRequest, plan_run, run_training
-    from mdpr.errors import MdprError
+    from mdpr.workflows.train import TrainOptions, train_run
 
     reporter = TrainReporter(stderr=json_out)
     out = err_console if json_out else console
-    env = torchrun_env()
-    ctx = None
-    if env is not None:
-        ctx = init_from_torchrun(device)
-        nprocs, backend, device_type = 1, None, None
-    else:
-        nprocs, backend, device_type = plan_processes(gpus, procs, device)
-    if weights is not None:
-        if not weights.is_file():
-            raise MdprError(f"--weights {weights} does not exist; give a checkpoint file (mdpr, official MDPR or a backbone).")
-        overrides = [*overrides, f"model.pretrained={weights}"]
-    plan: Any = None
-    if ctx is None or ctx.is_main:
-        try:
-            plan = plan_run(dataset, recipe, overrides, output, resume, epochs, eval_period, checkpoint_period)
-        except MdprError as exc:
-            if ctx is None or ctx.world_size == 1:
-                raise
-            plan = exc
-    if ctx is not None and ctx.world_size > 1:
-        # one run directory (and timestamp) for all ranks; a bad input stops every rank, not only rank 0
-        plan = ctx.broadcast_object(plan if not isinstance(plan, MdprError) else str(plan))
-        if isinstance(plan, str):
-            raise MdprError(plan)
-    for note in plan.notes:
-        if ctx is None or ctx.is_main:
-            out.print(f"[yellow]note:[/] {note}", highlight=False)
-    request = TrainRequest(
-        config=plan.config.to_dict(),
-        run_dir=str(plan.run_dir),
-        resume=plan.resume,
-        device=device_type or device,
+    options = TrainOptions(
+        dataset=dataset, recipe=recipe, overrides=list(overrides), output=output, resume=resume, gpus=gpus,
+        procs=procs, epochs=epochs, eval_period=eval_period, checkpoint_period=checkpoint_period, device=device,
+        weights=weights,
     )
-    if ctx is not None:
-        try:
-            summary = run_training(ctx, request, reporter)
-        finally:
-            reporter.stop()
-            cleanup()
-        if not ctx.is_main:
-            return
-    elif nprocs > 1:
-        launch(run_training, nprocs, backend or "gloo", device_type or "cpu", (request, reporter))
-        summary = json.loads((plan.run_dir / SUMMARY).read_text())
-    else:
-        try:
-            summary = run_training(None, request, reporter)
-        finally:
-            reporter.stop()
-    assert summary is not None
+    try:
+        result = train_run(options, progress=reporter,
+                           note=lambda line: out.print(f"[yellow]note:[/] {line}", highlight=False))
+    finally:
+        reporter.stop()
+    if result is None:  # another torchrun rank: rank 0 reports
+        return
     if json_out:
-        print_json(summary)
+        print_json(result.summary)
     else:
-        console.print(_summary_table(summary))
+        console.print(_summary_table(result.summary))

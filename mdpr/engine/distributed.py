@@ -204,3 +204,61 @@ def launch(fn: Callable[..., Any], nprocs: int, backend: str, device_type: str, 
             if messages:
                 raise MdprError(pickle.loads(messages[0].read_bytes())) from None
             raise RuntimeError(f"A training worker died: {exc}") from exc
+
+
+@dataclass
+class LaunchPlan:
+    """How a job runs: joined to torchrun's process group, spawned as N local workers, or one process."""
+
+    mode: str  #: "torchrun", "spawn" or "single"
+    nprocs: int
+    backend: Optional[str]
+    device: str  #: the device (type) every process uses: "cuda", "cpu" or the user's ``--device``
+    ctx: Optional[DistContext] = None  #: set in torchrun mode (this process's place in the group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx is None or self.ctx.is_main
+
+
+def plan_launch(gpus: Optional[int], procs: Optional[int], device: str = "auto") -> LaunchPlan:
+    """Validate ``gpus`` / ``procs`` / ``device`` (before any process starts) and choose the launch mode;
+    under torchrun, join its process group."""
+    if torchrun_env() is not None:
+        ctx = init_from_torchrun(device)
+        return LaunchPlan("torchrun", ctx.world_size, ctx.backend, ctx.device.type, ctx)
+    if procs is not None and procs > usable_cpu_count():
+        raise MdprError(f"--procs {procs} asks for more processes than this machine's {usable_cpu_count()} usable "
+                        f"CPU core(s); use --procs {usable_cpu_count()} or fewer.")
+    nprocs, backend, device_type = plan_processes(gpus, procs, device)
+    return LaunchPlan("spawn" if nprocs > 1 else "single", nprocs, backend, device_type or device)
+
+
+def share_from_main(plan: LaunchPlan, compute: Callable[[], Any]) -> Any:
+    """``compute()`` on the main process, its result (or its MdprError) shared with every process of the group."""
+    if plan.ctx is None or plan.ctx.world_size == 1:
+        return compute()
+    value: Any = None
+    if plan.ctx.is_main:
+        try:
+            value = compute()
+        except MdprError as exc:
+            value = exc
+    value = plan.ctx.broadcast_object(value if not isinstance(value, MdprError) else ("__mdpr_error__", str(value)))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__mdpr_error__":
+        raise MdprError(value[1])
+    return value
+
+
+def run_planned(plan: LaunchPlan, fn: Callable[..., Any], args: Sequence[Any] = ()) -> Any:
+    """Run ``fn(ctx, *args)`` as ``plan`` says; returns the main process's result (None for spawned workers,
+    whose results the caller reads from files)."""
+    if plan.mode == "torchrun":
+        try:
+            return fn(plan.ctx, *args)
+        finally:
+            cleanup()
+    if plan.mode == "spawn":
+        launch(fn, plan.nprocs, plan.backend or "gloo", plan.device, args)
+        return None
+    return fn(None, *args)

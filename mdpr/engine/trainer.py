@@ -15,8 +15,8 @@ its own seed, and the learning rate is a function of the position, so a run resu
 losses and final metrics equal those of an uninterrupted run. Records written after the checkpoint
 are dropped from ``metrics.jsonl`` when resuming, so the file reads as one clean run.
 
-Evaluation runs on rank 0 with the unwrapped model while the other processes wait at a barrier that
-every process reaches.
+What happens around the loop (metrics files, TensorBoard, evaluation, checkpoints) is done by hooks
+(:mod:`mdpr.engine.hooks`); the train workflow (:mod:`mdpr.workflows.train`) plans the run and chooses them.
 """
 
 from __future__ import annotations
@@ -24,30 +24,27 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from mdpr.config import Config
 from mdpr.engine.distributed import DistContext
+from mdpr.engine.hooks import LAST, METRICS, HookBase, MetricsHook, default_hooks
 from mdpr.engine.report import plot_training, read_metrics, summarize
+from mdpr.engine.rng import restore_rng_state, seed_everything
 from mdpr.engine.solver import LRSchedule, build_optimizer
 from mdpr.errors import MdprError
-from mdpr.fileio import atomic_copy, atomic_write_json, atomic_write_text, read_torch_file
+from mdpr.fileio import atomic_write_json, read_torch_file
 from mdpr.runtime import resolve_device
 
 ProgressFn = Callable[[Dict[str, Any]], None]
 
-LAST = "last.pt"
 FINAL_MODEL = "model.pt"
-METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 PLOT = "training.png"
@@ -68,109 +65,15 @@ class NonFiniteLoss(MdprError):
     """A loss term became NaN or infinite; the message names the term and the last good checkpoint."""
 
 
-# --------------------------------------------------------------------------------------------- RNG state
-
-
-def capture_rng_state() -> Dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError, IndexError):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-
-
-def evaluate_on_test_split(
-    model: nn.Module,
-    cfg: Config,
-    manifest: Any,
-    progress: Optional[Callable[[str, int, int], None]] = None,
-) -> Dict[str, Any]:
-    """Query/gallery metrics of ``model`` on ``manifest`` (cosine distance, the standard protocol).
-
-    ``progress(split, done, total)`` is called after every extracted batch.
-    """
-    from mdpr.evaluation import evaluate
-    from mdpr.evaluation.distance import compute_distance
-    from mdpr.inference import FeatureExtractor
-
-    if not manifest.query or not manifest.gallery:
-        raise MdprError(f"Dataset '{manifest.name}' has no query/gallery split to evaluate on; set train.eval_period=-1.")
-    extractor = FeatureExtractor.from_model(
-        model,
-        cfg,
-        device=None,  # extract where the model already is
-        batch_size=cfg.dataloader.test_batch_size,
-        num_workers=cfg.dataloader.num_workers,
-        flip=cfg.train.eval_flip,
-    )
-    failed_total = 0
-
-    def extract(split: str, records: List[Any]) -> tuple:
-        nonlocal failed_total
-        paths = [str(manifest.image_path(r)) for r in records]
-        report = (lambda done, total: progress(split, done, total)) if progress else None
-        feats, ok, failed = extractor.extract_paths(paths, progress=report)
-        failed_total += len(failed)
-        ok = np.asarray(ok, dtype=np.int64)
-        pids = np.asarray([records[i].pid for i in ok], dtype=np.int64)
-        camids = np.asarray([records[i].camid for i in ok], dtype=np.int64)
-        return np.asarray(feats), pids, camids
-
-    qf, q_pids, q_camids = extract("query", manifest.query)
-    gf, g_pids, g_camids = extract("gallery", manifest.gallery)
-    distmat = compute_distance(qf, gf, metric="cosine")
-    res = evaluate(distmat, q_pids, g_pids, q_camids, g_camids)
-    cmc = np.asarray(res["cmc"], dtype=np.float64)
-
-    def rank(k: int) -> float:
-        return float(cmc[min(k, len(cmc)) - 1]) if len(cmc) else 0.0
-
-    return {
-        "mAP": float(res["mAP"]),
-        "mINP": float(res["mINP"]),
-        "rank1": rank(1),
-        "rank5": rank(5),
-        "rank10": rank(10),
-        "num_query": int(len(q_pids)),
-        "num_valid_query": int(res.get("num_valid", len(q_pids))),
-        "num_gallery": int(len(g_pids)),
-        "unreadable_images": failed_total,
-    }
-
-
 # --------------------------------------------------------------------------------------------- trainer
 
 
 class Trainer:
     """One process's share of a training run (rank 0 also writes files and reports progress)."""
 
-    def __init__(self, request: TrainRequest, ctx: Optional[DistContext] = None, progress: Optional[ProgressFn] = None):
+    def __init__(self, request: TrainRequest, ctx: Optional[DistContext] = None, progress: Optional[ProgressFn] = None,
+                 hooks: Optional[Sequence[HookBase]] = None):
+        """``hooks`` default to :func:`mdpr.engine.hooks.default_hooks` without evaluation."""
         from mdpr.data import load_dataset
 
         self.request = request
@@ -189,9 +92,16 @@ class Trainer:
         self.use_amp = bool(self.cfg.solver.amp) and self.device.type == "cuda"
         if self.cfg.train.sync_bn and self.ctx.world_size > 1 and self.device.type != "cuda":
             raise MdprError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); drop it for --procs.")
-        self._tb: Any = None
-        self._log_file: Any = None
-        self._eval_seconds = 0.0  #: duration of the latest evaluation, for the ETA
+        self.hooks: List[HookBase] = list(default_hooks() if hooks is None else hooks)
+        for hook in self.hooks:
+            hook.trainer = self
+        self.failed = False
+
+    @classmethod
+    def from_config(cls, config: Config, run_dir: Union[str, Path], *, resume: bool = False, device: str = "auto",
+                    progress: Optional[ProgressFn] = None, hooks: Optional[Sequence[HookBase]] = None) -> Trainer:
+        """A single-process trainer for ``config`` writing into ``run_dir``."""
+        return cls(TrainRequest(config.to_dict(), str(run_dir), resume=resume, device=device), None, progress, hooks)
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -275,79 +185,45 @@ class Trainer:
         elif states:
             restore_rng_state(states[0])
 
-    # -- files ---------------------------------------------------------------------------------------
+    # -- what hooks use ----------------------------------------------------------------------------
 
-    def _open_outputs(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save_yaml(self.run_dir / CONFIG)
-        metrics = self.run_dir / METRICS
-        if self.request.resume:
-            # drop what was written after the checkpoint: the resumed run replays it
-            kept = [r for r in read_metrics(metrics) if int(r.get("iteration", 0)) <= self.iteration and r.get("type") != "error"]
-            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
-        elif metrics.exists():
-            metrics.unlink()
-        self._metrics = open(metrics, "a", buffering=1)
-        self._log_file = open(self.run_dir / "log.txt", "a", buffering=1)
-        try:  # TensorBoard only when it is installed (extra "tensorboard")
-            from torch.utils.tensorboard import SummaryWriter
+    def record(self, record: Dict[str, Any]) -> None:
+        """Hand a metrics record to the hooks (main process only)."""
+        if self.ctx.is_main:
+            for hook in self.hooks:
+                hook.on_record(record)
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        except Exception:
-            self._tb = None
+    def log(self, message: str) -> None:
+        """A line for the run's log (main process only)."""
+        if self.ctx.is_main:
+            for hook in self.hooks:
+                hook.on_log(message)
 
-    def _close_outputs(self) -> None:
-        for f in (getattr(self, "_metrics", None), self._log_file):
-            if f is not None:
-                f.close()
-        if self._tb is not None:
-            self._tb.close()
-
-    def _record(self, record: Dict[str, Any]) -> None:
-        if not self.ctx.is_main:
-            return
-        self._metrics.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            step = record.get("iteration", 0)
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step", "iteration", "time"):
-                    self._tb.add_scalar(f"{record['type']}/{k}", v, step)
-
-    def _log(self, message: str) -> None:
-        if self._log_file is not None:
-            self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
-
-    def _emit(self, event: Dict[str, Any]) -> None:
+    def emit(self, event: Dict[str, Any]) -> None:
+        """A progress event for the caller's ``progress`` callback (main process only)."""
         if self.progress is not None:
             self.progress(event)
 
-    def _save_checkpoint(self, epoch: int) -> None:
-        """All processes call this (RNG states are gathered); rank 0 writes."""
+    def save_state(self, path: Path, epoch: int, rng_states: List[Any]) -> Path:
+        """Write the full training state (a resumable mdpr checkpoint) to ``path``."""
         from mdpr.model import save_checkpoint
 
-        rng_states = self.ctx.all_gather_object(capture_rng_state())
-        if self.ctx.is_main:
-            path = self.run_dir / LAST
-            save_checkpoint(
-                path,
-                self.module,
-                self.cfg,
-                classes=self.classes,
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.schedule.state_dict(),
-                scaler=self.scaler.state_dict(),
-                epoch=epoch,
-                iteration=self.iteration,
-                rng=rng_states,
-                sampler=self.sampler.state_dict(),
-                dataset=self.cfg.dataset,
-                num_classes=self.num_classes,
-                world_size=self.ctx.world_size,
-            )
-            period = self.cfg.train.checkpoint_period
-            if period > 0 and epoch % period == 0:
-                atomic_copy(path, self.run_dir / f"epoch_{epoch:03d}.pt")
-            self._emit({"event": "checkpoint", "path": str(path), "epoch": epoch})
+        return save_checkpoint(
+            path,
+            self.module,
+            self.cfg,
+            classes=self.classes,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=epoch,
+            iteration=self.iteration,
+            rng=rng_states,
+            sampler=self.sampler.state_dict(),
+            dataset=self.cfg.dataset,
+            num_classes=self.num_classes,
+            world_size=self.ctx.world_size,
+        )
 
     # -- loop ----------------------------------------------------------------------------------------
 
@@ -355,12 +231,18 @@ class Trainer:
         """Run (or continue) the training; returns the summary on rank 0, None on the others."""
         self._build()
         if self.ctx.is_main:
-            self._open_outputs()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save_yaml(self.run_dir / CONFIG)
+        for hook in self.hooks:
+            hook.before_train()
         try:
             return self._train_loop()
+        except BaseException:
+            self.failed = True
+            raise
         finally:
-            if self.ctx.is_main:
-                self._close_outputs()
+            for hook in self.hooks:
+                hook.after_train()
 
     def _train_loop(self) -> Optional[Dict[str, Any]]:
         cfg = self.cfg
@@ -384,8 +266,8 @@ class Trainer:
             "amp": self.use_amp,
             "resumed": bool(self.request.resume),
         }
-        self._emit(start)
-        self._log(
+        self.emit(start)
+        self.log(
             f"{'resuming' if self.request.resume else 'starting'} {cfg.recipe} on {cfg.dataset}: epoch {self.start_epoch + 1}/"
             f"{max_epochs}, {self.steps_per_epoch} steps/epoch, {self.ctx.world_size} process(es) on {self.device}"
         )
@@ -413,7 +295,7 @@ class Trainer:
                 sec_per_iter = sum(recent) / len(recent)
                 images_per_s = images_per_step / sec_per_iter if sec_per_iter > 0 else 0.0
                 eta = sec_per_iter * (total_iters - self.iteration)
-                eta += self._eval_seconds * self._evaluations_left(epoch + 1, max_epochs)
+                eta += sum(hook.extra_seconds(epoch + 1, max_epochs) for hook in self.hooks)
                 event = {
                     "event": "step",
                     "epoch": epoch + 1,
@@ -428,7 +310,9 @@ class Trainer:
                     "images_per_s": images_per_s,
                     "eta_s": eta,
                 }
-                self._emit(event)
+                self.emit(event)
+                for hook in self.hooks:
+                    hook.after_step(event)
                 log_period = max(1, cfg.train.log_period)
                 if self.iteration % log_period == 0 or step + 1 == self.steps_per_epoch:
                     record = {
@@ -442,8 +326,8 @@ class Trainer:
                         "images_per_s": round(images_per_s, 2),
                         "time": round(time_offset + now - run_start, 3),
                     }
-                    self._record(record)
-                    self._log(
+                    self.record(record)
+                    self.log(
                         f"epoch {epoch + 1}/{max_epochs} step {step + 1}/{self.steps_per_epoch} lr {lr:.3g} "
                         f"loss {event['loss']:.4f} {images_per_s:.1f} img/s eta {_hms(eta)}"
                     )
@@ -452,9 +336,9 @@ class Trainer:
             replaced = len(failed_all)
             if failed_all:
                 unique = sorted(set(failed_all))
-                self._emit({"event": "warning", "message": f"epoch {epoch + 1}: {replaced} unreadable image read(s) "
+                self.emit({"event": "warning", "message": f"epoch {epoch + 1}: {replaced} unreadable image read(s) "
                             f"replaced by another image of the same identity ({len(unique)} file(s), e.g. {unique[0]})"})
-                self._log(f"unreadable images replaced in epoch {epoch + 1}: {unique}")
+                self.log(f"unreadable images replaced in epoch {epoch + 1}: {unique}")
             n = max(1, self.steps_per_epoch)
             means = {k: v / n for k, v in sums.items()}
             epoch_record = {
@@ -467,23 +351,13 @@ class Trainer:
                 "seconds": round(seconds, 3),
                 "replaced_images": replaced,
             }
-            self._record(epoch_record)
-            self._emit({"event": "epoch", **epoch_record})
-            if self._evaluates_after(epoch + 1, max_epochs):
-                self._evaluate(epoch + 1)
-            self._save_checkpoint(epoch + 1)
-            self.ctx.barrier()
+            self.record(epoch_record)
+            self.emit({"event": "epoch", **epoch_record})
+            for hook in self.hooks:
+                hook.after_epoch(epoch + 1)
         if self.ctx.is_main:
             return self._finish()
         return None
-
-    def _evaluates_after(self, epoch: int, max_epochs: int) -> bool:
-        period = self.cfg.train.eval_period
-        return (period > 0 and epoch % period == 0) or (epoch == max_epochs and period >= 0)
-
-    def _evaluations_left(self, epoch: int, max_epochs: int) -> int:
-        """Evaluations still to come from the end of ``epoch`` (1-based) on."""
-        return sum(self._evaluates_after(e, max_epochs) for e in range(epoch, max_epochs + 1))
 
     def _step(self, batch: Dict[str, Any], epoch: int) -> tuple:
         lr = self.schedule.apply(self.optimizer, self.iteration, epoch)
@@ -525,33 +399,9 @@ class Trainer:
             f"the last good checkpoint is kept in {self.run_dir / LAST} (lower solver.base_lr or set solver.grad_clip, "
             f"then continue with --resume {self.run_dir})."
         )
-        self._record({"type": "error", "epoch": epoch + 1, "iteration": self.iteration + 1, "term": name, "value": str(value)})
-        self._log(message)
+        self.record({"type": "error", "epoch": epoch + 1, "iteration": self.iteration + 1, "term": name, "value": str(value)})
+        self.log(message)
         raise NonFiniteLoss(message)
-
-    def _evaluate(self, epoch: int) -> None:
-        if self.ctx.is_main:
-            self._emit({"event": "eval_start", "epoch": epoch})
-            start = time.perf_counter()
-            metrics = evaluate_on_test_split(
-                self.module,
-                self.cfg,
-                self.manifest,
-                progress=lambda split, done, total: self._emit(
-                    {"event": "eval_progress", "epoch": epoch, "split": split, "done": done, "total": total}
-                ),
-            )
-            self.module.train()
-            self._eval_seconds = time.perf_counter() - start
-            record = {"type": "eval", "epoch": epoch, "iteration": self.iteration, **metrics,
-                      "seconds": round(self._eval_seconds, 3)}
-            self._record(record)
-            self._log(
-                f"evaluation after epoch {epoch}: mAP {metrics['mAP']:.4f} Rank-1 {metrics['rank1']:.4f} "
-                f"Rank-5 {metrics['rank5']:.4f} mINP {metrics['mINP']:.4f}"
-            )
-            self._emit({"event": "eval", **record})
-        self.ctx.barrier()
 
     def _previous_time(self) -> float:
         if not (self.request.resume and self.ctx.is_main):
@@ -563,7 +413,9 @@ class Trainer:
         from mdpr.model import save_checkpoint
 
         save_checkpoint(self.run_dir / FINAL_MODEL, self.module, self.cfg, classes=self.classes)
-        self._metrics.flush()
+        for hook in self.hooks:
+            if isinstance(hook, MetricsHook):
+                hook.flush()
         records = read_metrics(self.run_dir / METRICS)
         summary = summarize(records)
         summary.update(
@@ -578,8 +430,8 @@ class Trainer:
         )
         plot_training(records, self.run_dir / PLOT, title=f"{self.cfg.recipe} on {self.cfg.dataset}")
         atomic_write_json(self.run_dir / SUMMARY, summary)
-        self._log(f"done: {json.dumps(summary.get('final_metrics', {}))}")
-        self._emit({"event": "done", "summary": summary})
+        self.log(f"done: {json.dumps(summary.get('final_metrics', {}))}")
+        self.emit({"event": "done", "summary": summary})
         return summary
 
 
@@ -605,97 +457,12 @@ def _hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-def run_training(ctx: Optional[DistContext], request: TrainRequest, progress: Optional[ProgressFn] = None) -> Optional[Dict[str, Any]]:
-    """Train in this process (``ctx`` None = one process on ``request.device``).
+def run_training(ctx: Optional[DistContext], request: TrainRequest, progress: Optional[ProgressFn] = None,
+                 hooks: Optional[Sequence[HookBase]] = None) -> Optional[Dict[str, Any]]:
+    """Train in this process (``ctx`` None = one process on ``request.device``) with ``hooks``
+    (default: :func:`mdpr.engine.hooks.default_hooks` without evaluation).
 
     Module-level and picklable, so :func:`mdpr.engine.distributed.launch` can spawn it as a worker;
     ``progress`` (also picklable then) is called with event dicts on rank 0 only.
     """
-    return Trainer(request, ctx, progress).train()
-
-
-#: Recipe used when ``--recipe`` is not given, by the prepared dataset's kind.
-DEFAULT_RECIPES = {"market1501": "market1501", "dukemtmc": "dukemtmc", "synergyreid": "synergyreid", "demo": "demo-cpu"}
-FALLBACK_RECIPE = "market1501"
-
-
-@dataclass
-class RunPlan:
-    """A resolved run: its config, directory and whether it continues an earlier one."""
-
-    config: Config
-    run_dir: Path
-    resume: bool
-    notes: List[str] = field(default_factory=list)
-
-
-def plan_run(
-    dataset: Optional[str] = None,
-    recipe: Optional[str] = None,
-    overrides: Sequence[str] = (),
-    output: Optional[Union[str, Path]] = None,
-    resume: Optional[Union[str, Path]] = None,
-    epochs: Optional[int] = None,
-    eval_period: Optional[int] = None,
-    checkpoint_period: Optional[int] = None,
-    runs_root: Union[str, Path] = "runs",
-) -> RunPlan:
-    """Resolve the CLI's choices into a :class:`RunPlan` (one clear MdprError for each bad input).
-
-    A new run: the dataset must be registered; the recipe defaults by dataset kind; the run directory
-    defaults to ``runs/<dataset>-<recipe>-<timestamp>`` and must not already hold a run. Resuming: the
-    run directory must hold ``last.pt``; its ``config.yaml`` is the base, ``--dataset``, ``--epochs``,
-    the periods and ``--set`` overrides apply on top (they change the run from there on).
-    """
-    from mdpr.config import load_config
-    from mdpr.data import load_dataset
-
-    notes: List[str] = []
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / LAST).is_file():
-            raise MdprError(
-                f"Cannot resume: {run_dir} holds no checkpoint ({LAST}); give the directory of an earlier run, "
-                f"or start a new one with --output."
-            )
-        if recipe:
-            raise MdprError("--recipe cannot change a resumed run; use --set key=value for individual settings.")
-        config_path = run_dir / CONFIG
-        if config_path.is_file():
-            base = yaml.safe_load(config_path.read_text()) or {}
-        else:
-            ckpt = read_torch_file(run_dir / LAST, what="Checkpoint")
-            base = ckpt.get("config") or {}
-        from mdpr.config import _deep_merge, parse_overrides
-
-        cfg = Config.from_dict(_deep_merge(base, parse_overrides(overrides)))
-        if dataset:
-            cfg.dataset = dataset
-        load_dataset(cfg.dataset)  # fails early, naming the registered datasets
-    else:
-        if not dataset:
-            raise MdprError("Name the dataset to train on with --dataset NAME (see `mdpr prepare --help`).")
-        manifest = load_dataset(dataset)
-        if not recipe:
-            recipe = DEFAULT_RECIPES.get(manifest.dataset)
-            if recipe is None:
-                recipe = FALLBACK_RECIPE
-                notes.append(
-                    f"No recipe is specific to '{manifest.dataset}' datasets; using the paper's {FALLBACK_RECIPE} "
-                    f"recipe (choose another with --recipe)."
-                )
-        cfg = load_config(recipe, overrides)
-        cfg.dataset = dataset
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(output) if output else Path(runs_root) / f"{Path(dataset).stem}-{cfg.recipe}-{stamp}"
-        if (run_dir / LAST).exists():
-            raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output.")
-    if epochs is not None:
-        cfg.solver.max_epochs = epochs
-    if eval_period is not None:
-        cfg.train.eval_period = eval_period
-    if checkpoint_period is not None:
-        cfg.train.checkpoint_period = checkpoint_period
-    if cfg.solver.max_epochs < 1:
-        raise MdprError(f"The number of epochs must be at least 1, got {cfg.solver.max_epochs}.")
-    return RunPlan(cfg, run_dir, resume is not None, notes)
+    return Trainer(request, ctx, progress, hooks).train()

@@ -54,11 +54,13 @@ class FeatureExtractor:
         self,
         weights: PathLike,
         device: Union[str, torch.device] = "auto",
-        batch_size: int = 64,
+        batch_size: Optional[int] = None,
         num_workers: Optional[int] = None,
-        flip: bool = False,
+        flip: Optional[bool] = None,
         normalize: bool = False,
     ) -> None:
+        """``batch_size`` None: the checkpoint's ``dataloader.test_batch_size``; ``flip`` None: its
+        ``train.eval_flip`` (so a model is embedded as its training run evaluated it)."""
         from mdpr.model import load_model
 
         path = Path(weights).expanduser()
@@ -77,7 +79,7 @@ class FeatureExtractor:
         device: Union[str, torch.device, None] = None,
         batch_size: Optional[int] = None,
         num_workers: Optional[int] = None,
-        flip: bool = False,
+        flip: Optional[bool] = None,
         normalize: bool = False,
     ) -> FeatureExtractor:
         """Wrap a model already in memory (e.g. during training). ``device=None`` keeps the model where it is.
@@ -92,12 +94,16 @@ class FeatureExtractor:
             dev = param.device if param is not None else torch.device("cpu")
         else:
             dev = resolve_device(device)
-        self._setup(inner, config, dev, batch_size or config.dataloader.test_batch_size, num_workers, flip, normalize)
+        self._setup(inner, config, dev, batch_size, num_workers, flip, normalize)
         self._fingerprint = None
         return self
 
-    def _setup(self, model: torch.nn.Module, config: Config, device: torch.device, batch_size: int,
-               num_workers: Optional[int], flip: bool, normalize: bool) -> None:
+    def _setup(self, model: torch.nn.Module, config: Config, device: torch.device, batch_size: Optional[int],
+               num_workers: Optional[int], flip: Optional[bool], normalize: bool) -> None:
+        if batch_size is None:
+            batch_size = config.dataloader.test_batch_size
+        if flip is None:
+            flip = config.train.eval_flip
         if int(batch_size) < 1:
             raise MdprError(f"Batch size must be at least 1, not {batch_size}.")
         if num_workers is not None and int(num_workers) < 0:

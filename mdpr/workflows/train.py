@@ -1,0 +1,190 @@
+"""``mdpr train``: plan a run (recipe, run directory, resume rules), launch its processes, train, evaluate.
+
+Python users train in one call: ``train_run(TrainOptions(dataset="demo", recipe="demo-cpu"))``, or
+``Trainer.from_config(config, run_dir, hooks=training_hooks()).train()`` for a config built by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from mdpr.config import Config
+from mdpr.engine.hooks import HookBase, default_hooks
+from mdpr.engine.trainer import CONFIG, LAST, SUMMARY, ProgressFn, TrainRequest, run_training
+from mdpr.errors import MdprError
+from mdpr.fileio import read_torch_file
+
+#: Recipe used when ``recipe`` is not given, by the prepared dataset's kind.
+DEFAULT_RECIPES = {"market1501": "market1501", "dukemtmc": "dukemtmc", "synergyreid": "synergyreid", "demo": "demo-cpu"}
+FALLBACK_RECIPE = "market1501"
+
+
+@dataclass
+class RunPlan:
+    """A resolved run: its config, directory and whether it continues an earlier one."""
+
+    config: Config
+    run_dir: Path
+    resume: bool
+    notes: List[str] = field(default_factory=list)
+
+
+def plan_run(
+    dataset: Optional[str] = None,
+    recipe: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    output: Optional[Union[str, Path]] = None,
+    resume: Optional[Union[str, Path]] = None,
+    epochs: Optional[int] = None,
+    eval_period: Optional[int] = None,
+    checkpoint_period: Optional[int] = None,
+    runs_root: Union[str, Path] = "runs",
+) -> RunPlan:
+    """Resolve the choices into a :class:`RunPlan` (one clear MdprError for each bad input).
+
+    A new run: the dataset must be registered; the recipe defaults by dataset kind; the run directory
+    defaults to ``runs/<dataset>-<recipe>-<timestamp>`` and must not already hold a run. Resuming: the
+    run directory must hold ``last.pt``; its ``config.yaml`` is the base, ``dataset``, ``epochs``,
+    the periods and overrides apply on top (they change the run from there on).
+    """
+    from mdpr.config import load_config, load_run_config
+    from mdpr.data import load_dataset
+
+    notes: List[str] = []
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / LAST).is_file():
+            raise MdprError(
+                f"Cannot resume: {run_dir} holds no checkpoint ({LAST}); give the directory of an earlier run, "
+                f"or start a new one with output."
+            )
+        if recipe:
+            raise MdprError("recipe cannot change a resumed run; use overrides (key=value) for individual settings.")
+        config_path = run_dir / CONFIG
+        if config_path.is_file():
+            cfg = load_run_config(config_path, overrides)
+        else:
+            ckpt = read_torch_file(run_dir / LAST, what="Checkpoint")
+            cfg = load_run_config(ckpt.get("config") or {}, overrides)
+        if dataset:
+            cfg.dataset = dataset
+        load_dataset(cfg.dataset)  # fails early, naming the registered datasets
+    else:
+        if not dataset:
+            raise MdprError("Name the dataset to train on with dataset NAME (see `mdpr prepare --help`).")
+        manifest = load_dataset(dataset)
+        if not recipe:
+            recipe = DEFAULT_RECIPES.get(manifest.dataset)
+            if recipe is None:
+                recipe = FALLBACK_RECIPE
+                notes.append(
+                    f"No recipe is specific to '{manifest.dataset}' datasets; using the paper's {FALLBACK_RECIPE} "
+                    f"recipe (choose another with recipe)."
+                )
+        cfg = load_config(recipe, overrides)
+        cfg.dataset = dataset
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(output) if output else Path(runs_root) / f"{Path(dataset).stem}-{cfg.recipe}-{stamp}"
+        if (run_dir / LAST).exists():
+            raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another "
+                            "output.")
+    if epochs is not None:
+        cfg.solver.max_epochs = epochs
+    if eval_period is not None:
+        cfg.train.eval_period = eval_period
+    if checkpoint_period is not None:
+        cfg.train.checkpoint_period = checkpoint_period
+    if cfg.solver.max_epochs < 1:
+        raise MdprError(f"The number of epochs must be at least 1, got {cfg.solver.max_epochs}.")
+    return RunPlan(cfg, run_dir, resume is not None, notes)
+
+
+def evaluate_during_training(model: Any, cfg: Config, manifest: Any,
+                             progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+    """Training's periodic evaluation: the one evaluation pipeline on the model in memory, embedded as
+    ``mdpr evaluate --weights model.pt`` embeds the saved model (test batch size, flip setting)."""
+    from mdpr.inference import FeatureExtractor
+    from mdpr.workflows.evaluate import evaluate_extractor
+
+    if not manifest.query or not manifest.gallery:
+        raise MdprError(f"Dataset '{manifest.name}' has no query/gallery split to evaluate on; set "
+                        "train.eval_period=-1.")
+    extractor = FeatureExtractor.from_model(model, cfg, device=None, num_workers=cfg.dataloader.num_workers)
+    result = evaluate_extractor(
+        extractor, manifest, progress=lambda stage, done, total: progress(stage.split(":")[-1], done, total))
+    metrics = result.to_dict()
+    del metrics["cmc"], metrics["protocol"]  # per-epoch records keep the scalars
+    return metrics
+
+
+def training_hooks() -> List[HookBase]:
+    """The hooks of ``mdpr train``: metrics files, TensorBoard, evaluation, checkpoints."""
+    return default_hooks(evaluate_during_training)
+
+
+def _train_process(ctx: Any, request: TrainRequest, progress: Optional[ProgressFn]) -> Optional[Dict[str, Any]]:
+    """One process of a run (module-level: spawned workers unpickle it)."""
+    return run_training(ctx, request, progress, training_hooks())
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``mdpr train`` accepts (see :func:`plan_run` for the planning rules)."""
+
+    dataset: Optional[str] = None
+    recipe: Optional[str] = None
+    overrides: List[str] = field(default_factory=list)
+    output: Optional[Path] = None
+    resume: Optional[Path] = None
+    gpus: Optional[int] = None
+    procs: Optional[int] = None
+    epochs: Optional[int] = None
+    eval_period: Optional[int] = None
+    checkpoint_period: Optional[int] = None
+    device: str = "auto"
+    weights: Optional[Path] = None  #: initialise from a checkpoint (= ``model.pretrained``)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind (``summary`` is ``summary.json``)."""
+
+    run_dir: Path
+    summary: Dict[str, Any]
+    notes: List[str]
+
+
+def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
+              note: Optional[Callable[[str], None]] = None) -> Optional[TrainResult]:
+    """Plan, launch and run a training; returns the result on the main process (None on other torchrun ranks).
+
+    ``progress`` receives the trainer's event dicts (``event``: start, step, epoch, eval_start, eval_progress,
+    eval, checkpoint, warning, done) on the main process; ``note`` one-line remarks about the plan.
+    """
+    from mdpr.engine.distributed import plan_launch, run_planned, share_from_main
+
+    launch = plan_launch(options.gpus, options.procs, options.device)
+    overrides = list(options.overrides)
+    if options.weights is not None:
+        if not Path(options.weights).is_file():
+            raise MdprError(f"weights {options.weights} does not exist; give a checkpoint file (mdpr, official MDPR "
+                            "or a backbone).")
+        overrides.append(f"model.pretrained={options.weights}")
+    plan: RunPlan = share_from_main(launch, lambda: plan_run(
+        options.dataset, options.recipe, overrides, options.output, options.resume, options.epochs,
+        options.eval_period, options.checkpoint_period))
+    if launch.is_main and note is not None:
+        for line in plan.notes:
+            note(line)
+    request = TrainRequest(config=plan.config.to_dict(), run_dir=str(plan.run_dir), resume=plan.resume,
+                           device=launch.device)
+    summary = run_planned(launch, _train_process, (request, progress))
+    if not launch.is_main:
+        return None
+    if summary is None:  # spawned workers: rank 0 wrote the summary
+        summary = json.loads((plan.run_dir / SUMMARY).read_text())
+    return TrainResult(plan.run_dir, summary, plan.notes)
