@@ -13,6 +13,7 @@ _COMMANDS = [
     "evaluate",
     "extract",
     "query",
+    "store",
     "visualize",
     "export",
 ]

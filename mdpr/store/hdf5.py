@@ -55,7 +55,7 @@ def write_store(
     per = segment_rows if segment_rows is not None else DEFAULT_SEGMENT_ROWS
     n = len(rows.paths)
     if per is None or n <= per:
-        write_file_atomic(out, meta, iter([rows]), failed=list(failed), created=created, complete=True)
+        write_file_atomic(out, meta, iter([rows]), failed=list(failed), created=created, complete=True, rows_hint=n)
         remove_unreferenced_segments(out, [])
         return out
     folder = segments_dir_for(out)
@@ -65,7 +65,7 @@ def write_store(
         stop = min(n, start + int(per))
         part = Rows(rows.features[start:stop], rows.paths[start:stop], rows.pids[start:stop], rows.camids[start:stop])
         seg = next_segment(folder)
-        write_file_atomic(seg, meta, iter([part]), failed=[], created=created, complete=True)
+        write_file_atomic(seg, meta, iter([part]), failed=[], created=created, complete=True, rows_hint=stop - start)
         segments.append((seg, stop - start))
     write_master(out, meta, segments, failed=list(failed), created=created, complete=True, stamp=new_stamp(), history=())
     remove_unreferenced_segments(out, [seg for seg, _ in segments])
@@ -105,11 +105,12 @@ def write_file_atomic(
     complete: bool,
     stamp: str = "",
     history: Sequence[Tuple[int, str]] = (),
+    rows_hint: Optional[int] = None,
 ) -> int:
     """Write a complete store file from ``blocks`` and put it in place atomically; return its row count."""
     with atomic_path(path) as tmp:
         return write_file(tmp, meta, blocks, failed=failed, created=created, complete=complete, stamp=stamp,
-                          history=history)
+                          history=history, rows_hint=rows_hint)
 
 
 def is_temporary_of(name: str, store_name: str) -> bool:
@@ -156,17 +157,23 @@ def write_file(
     complete: bool,
     stamp: str = "",
     history: Sequence[Tuple[int, str]] = (),
+    rows_hint: Optional[int] = None,
 ) -> int:
-    """Write a complete store file at ``path`` (no atomicity: callers write to a temporary path)."""
+    """Write a complete store file at ``path`` (no atomicity: callers write to a temporary path).
+
+    ``rows_hint`` (the rows about to be written, when known) keeps the chunks of a small file small.
+    """
     chunk = chunk_rows_for(meta.dim, meta.dtype)
+    if rows_hint is not None:
+        chunk = max(1, min(chunk, int(rows_hint)))
     str_dtype = h5py.string_dtype("utf-8")
     with h5py.File(path, "w", libver=LIBVER) as h5:
         _write_attrs(h5, meta, created, stamp, history)
         feats = h5.create_dataset("features", shape=(0, meta.dim), maxshape=(None, meta.dim), dtype=meta.dtype,
                                   chunks=(chunk, meta.dim))
-        paths = h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=str_dtype, chunks=(4096,))
-        pids = h5.create_dataset("pids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(16384,))
-        camids = h5.create_dataset("camids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(16384,))
+        paths = h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),))
+        pids = h5.create_dataset("pids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
+        camids = h5.create_dataset("camids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
         n = 0
         for rows in _coalesce(blocks, max(chunk, BLOCK_BYTES // (meta.dim * np.dtype(meta.dtype).itemsize))):
             m = len(rows.paths)
@@ -231,6 +238,10 @@ def next_segment(folder: Path) -> Path:
     """A segment file name in ``folder`` that was never used (numbers only grow)."""
     used = [segment_number(p.name) for p in folder.iterdir()] if folder.is_dir() else []
     return folder / segment_name(max([u for u in used if u is not None], default=-1) + 1)
+
+
+def _small(chunk: int, rows_hint: Optional[int]) -> int:
+    return chunk if rows_hint is None else max(1, min(chunk, int(rows_hint)))
 
 
 def _attr_text(text: str) -> object:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -350,7 +351,8 @@ class StoreWriter:
                         yield from old.iter_rows(start=start)
                 yield from self._journal_rows(skip)
 
-            count = write_file_atomic(seg, self.meta, blocks(), failed=[], created=self.created, complete=True)
+            count = write_file_atomic(seg, self.meta, blocks(), failed=[], created=self.created, complete=True,
+                                      rows_hint=new + sum(m.rows for m in merged))
             added = [Segment(seg, start, count)]
         segments = kept + added
         total = write_master(self.path, self.meta, [(s.path, s.rows) for s in segments], failed=failed,
@@ -371,7 +373,8 @@ class StoreWriter:
             yield from self._journal_rows(skip)
 
         total = write_file_atomic(self.path, self.meta, blocks(), failed=failed, created=self.created,
-                                  complete=complete, stamp=stamp, history=history)
+                                  complete=complete, stamp=stamp, history=history,
+                                  rows_hint=self.stored_rows + self._new_rows())
         remove_unreferenced_segments(self.path, [])
         self._after_fold(total, complete, stamp, history, [Segment(self.path, 0, total)] if total else [],
                          segmented=False)
@@ -401,3 +404,46 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         atomic_copy(src, dst)
     fsync_dir(dst.parent)
+
+
+@dataclass
+class Compaction:
+    """What :func:`compact` did."""
+
+    path: Path
+    rows: int
+    segments_before: int
+    segments_after: int
+    bytes_before: int  #: the store's files (master and segments) before
+    bytes_after: int
+
+
+def store_bytes(path: PathLike) -> int:
+    """Bytes on disk of a store: its file plus its segment files."""
+    p = Path(path)
+    total = p.stat().st_size if p.exists() else 0
+    folder = segments_dir_for(p)
+    if folder.is_dir():
+        total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return total
+
+
+def compact(path: PathLike) -> Compaction:
+    """Merge a store's segments (and an interrupted run's journal) into one file, atomically, under the lock.
+
+    The rows, their order, the ``complete`` flag and the version stamp stay as they are; only the layout
+    changes. A store that is one file already is rewritten only when a journal is pending.
+    """
+    p = Path(path)
+    with FeatureStore.open(p) as store:
+        meta, before, size = store.meta, len(store.segments), store_bytes(p)
+        single = store.layout == "single"
+    writer = StoreWriter(p, meta)
+    try:
+        if not (single and not writer.recovered):
+            writer.compact()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(complete=writer.complete)
+    return Compaction(p, writer.stored_rows, before, 1 if writer.stored_rows else 0, size, store_bytes(p))
