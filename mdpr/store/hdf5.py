@@ -19,7 +19,6 @@ import numpy as np
 from mdpr import __version__
 from mdpr.fileio import atomic_path, fsync_dir
 from mdpr.store.schema import (
-    BLOCK_BYTES,
     LIBVER,
     SCHEMA_VERSION,
     STORE_FORMAT,
@@ -175,14 +174,15 @@ def write_file(
         pids = h5.create_dataset("pids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
         camids = h5.create_dataset("camids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
         n = 0
-        for rows in _coalesce(blocks, max(chunk, BLOCK_BYTES // (meta.dim * np.dtype(meta.dtype).itemsize))):
+        for rows in _coalesce(blocks, chunk):  # journal batches join up to a chunk; large blocks pass as they are
             m = len(rows.paths)
             if m == 0:
                 continue
             for ds in (feats, paths, pids, camids):
                 ds.resize(n + m, axis=0)
             feats[n : n + m] = rows.features
-            paths[n : n + m] = np.array([encode_path(p) for p in rows.paths], dtype=object)
+            paths[n : n + m] = np.array([p if isinstance(p, bytes) else encode_path(p) for p in rows.paths],
+                                           dtype=object)
             pids[n : n + m] = rows.pids
             camids[n : n + m] = rows.camids
             n += m

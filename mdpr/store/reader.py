@@ -475,20 +475,27 @@ class FeatureStore:
             for start, block in part.scan(block_bytes, prefetch_bytes):
                 yield part.start + start, block
 
-    def iter_rows(self, block_rows: Optional[int] = None, start: int = 0) -> Iterator[Rows]:
+    def iter_rows(self, block_rows: Optional[int] = None, start: int = 0, raw_paths: bool = False) -> Iterator[Rows]:
         """The rows from ``start`` on, in order, as blocks of (features in the stored dtype, paths, pids, camids).
 
-        For copying stores; segments before ``start`` are not read.
+        For copying stores; segments before ``start`` are not read. ``raw_paths`` gives the paths as the
+        stored bytes (no decoding: the fastest copy).
         """
-        step = int(block_rows or self.default_chunk_rows(self.dtype))
+        block_bytes = int(block_rows or self.default_chunk_rows(self.dtype)) * self.dim * self.dtype.itemsize
         for part in self._parts:
             if part.start + part.n <= start:
                 continue
-            for lo in range(max(0, start - part.start), part.n, step):
-                hi = min(part.n, lo + step)
+            first = max(0, start - part.start)
+            # scan(): memory-mapped chunks where possible, the cheapest read of the features
+            for lo, block in part.scan(block_bytes, block_bytes):
+                hi = lo + len(block)
+                if hi <= first:
+                    continue
+                cut = max(0, first - lo)
+                lo += cut
                 yield Rows(
-                    features=np.asarray(part.features[lo:hi]),
-                    paths=list(part.str_paths()[lo:hi]),
+                    features=block[cut:],
+                    paths=list(part.paths[lo:hi] if raw_paths else part.str_paths()[lo:hi]),
                     pids=np.asarray(part.pids[lo:hi], dtype=np.int32),
                     camids=np.asarray(part.camids[lo:hi], dtype=np.int32),
                 )

@@ -110,8 +110,10 @@ class StoreWriter:
             if is_temporary_of(stale.name, self.path.name):
                 with contextlib.suppress(OSError):
                     stale.unlink()
-        self.keys: Set[str] = set()  # every stored or journaled path
-        self._store_keys: Set[str] = set()  # the paths in the store file(s)
+        # The paths in the store file(s) and in the journal, read lazily: compacting never needs them.
+        self._store_keys_: Optional[Set[str]] = set()
+        self._journal_keys: Set[str] = set()
+        self._keys_: Optional[Set[str]] = None
         self.failed: Dict[str, str] = {}
         self._stamp, self._legacy_stamp = "", ""
         self._history: List[Tuple[int, str]] = []
@@ -125,7 +127,6 @@ class StoreWriter:
                 self.created = store.created or now()
                 self.failed = dict(store.failed)
                 self._load_layout(store)
-            self.keys.update(self._store_keys)
         else:
             self.meta = meta
             self.created = now()
@@ -146,7 +147,7 @@ class StoreWriter:
                 self.created = str(journal.header.get("created") or self.created)
             journal.truncate_tail()
             for rec in journal.records:
-                self.keys.update(rec.paths)
+                self._journal_keys.update(rec.paths)
                 self.failed.update({p: r for p, r in rec.failed})
         if not self.path.exists():
             # Create the (empty) store right away: the file exists and is readable from the start.
@@ -157,7 +158,7 @@ class StoreWriter:
         """Take the store's rows, version and segments as they are on disk."""
         self.stored_rows = len(store)
         self.complete = store.complete
-        self._store_keys = set(store.paths)
+        self._store_keys_, self._keys_ = None, None  # read again when needed
         self._stamp, self._history = store._stamp, store.history
         self._legacy_stamp = store.version_stamp
         self._segmented = store.layout == "segments"
@@ -166,13 +167,30 @@ class StoreWriter:
     def _refresh(self) -> None:
         """Re-read the store's layout when a fold was interrupted after the store changed (Ctrl-C anywhere)."""
         if not self.path.exists():
-            self.stored_rows, self._store_keys, self._segments, self._segmented = 0, set(), [], False
+            self.stored_rows, self._segments, self._segmented = 0, [], False
+            self._store_keys_, self._keys_ = set(), None
             return
         with FeatureStore.open(self.path) as store:
             same = (store.version_stamp == (self._stamp or self._legacy_stamp) and len(store) == self.stored_rows
                     and (store.layout == "segments") == self._segmented)
             if not same:
                 self._load_layout(store)
+
+    @property
+    def _store_keys(self) -> Set[str]:
+        if self._store_keys_ is None:
+            self._store_keys_ = set()
+            if self.path.exists():
+                with FeatureStore.open(self.path) as store:
+                    self._store_keys_.update(store.paths)
+        return self._store_keys_
+
+    @property
+    def keys(self) -> Set[str]:
+        """Every path stored or journaled (rows are never stored twice)."""
+        if self._keys_ is None:
+            self._keys_ = self._store_keys | self._journal_keys
+        return self._keys_
 
     def _journal_header(self) -> Dict[str, Any]:
         return {"meta": self.meta.to_json(), "created": self.created}
@@ -223,6 +241,7 @@ class StoreWriter:
         }
         self._journal.append(info, rows.features[idx], self.fsync_interval)
         self.keys.update(info["paths"])
+        self._journal_keys.update(info["paths"])
         for key in info["paths"]:
             self.failed.pop(key, None)
         self.failed.update(dict(failed))
@@ -363,12 +382,14 @@ class StoreWriter:
     def _fold_whole(self, complete: bool, failed: List[Tuple[str, str]], stamp: str,
                     history: List[Tuple[int, str]]) -> None:
         skip: Set[str] = set()
+        copy_only = not self._journal.records  # nothing to de-duplicate: copy stored paths as raw bytes
 
         def blocks() -> Iterator[Rows]:
             if self.path.exists():
                 with FeatureStore.open(self.path) as old:
-                    for rows in old.iter_rows():
-                        skip.update(rows.paths)
+                    for rows in old.iter_rows(raw_paths=copy_only):
+                        if not copy_only:
+                            skip.update(rows.paths)
                         yield rows
             yield from self._journal_rows(skip)
 
@@ -382,7 +403,8 @@ class StoreWriter:
     def _after_fold(self, total: int, complete: bool, stamp: str, history: List[Tuple[int, str]],
                     segments: List[Segment], segmented: bool) -> None:
         for rec in self._journal.records:
-            self._store_keys.update(rec.paths)
+            if self._store_keys_ is not None:
+                self._store_keys_.update(rec.paths)
         self.stored_rows = total
         self.complete = complete
         self._stamp, self._history = stamp, history
