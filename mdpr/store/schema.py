@@ -167,7 +167,7 @@ class Rows:
     """A block of rows on its way into a store file."""
 
     features: np.ndarray
-    paths: List[str]
+    paths: List[Any]  #: str, or the stored bytes when a store is copied (``iter_rows(raw_paths=True)``)
     pids: np.ndarray
     camids: np.ndarray
 
