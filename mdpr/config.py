@@ -45,6 +45,8 @@ class ModelConfig:
     cls_scale: float = 64.0
     cls_margin: float = 0.35
     pretrained: Optional[str] = None  #: backbone initialisation (torchvision / IBN-Net / LUPerson / fast-reid file)
+    #: initialisation of the recipe's reference run: imagenet, lup_moco_r101 (see mdpr.model.zoo), a file, or none
+    init: str = "none"
 
 
 @dataclass
