@@ -55,9 +55,9 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
     from mdpr.data.images import decode_image
     from mdpr.fileio import check_output_file
     from mdpr.inference import FeatureExtractor, image_files
-    from mdpr.runtime import apply_cpu_threads
+    from mdpr.runtime import cpu_threads
     from mdpr.search import METRICS, ranked_results, search
-    from mdpr.store import FeatureStore
+    from mdpr.store import FeatureStore, check_same_weights
 
     if request.metric not in METRICS:
         raise MdprError(f"metric must be one of {', '.join(METRICS)}, not {request.metric!r}.")
@@ -76,7 +76,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if note is not None:
             note(message)
 
-    with FeatureStore.open(request.gallery) as store:
+    with FeatureStore.open(request.gallery) as store, cpu_threads(request.threads) as (_, why):
         if len(store) == 0:
             raise MdprError(f"Feature store {request.gallery} is empty; add images with "
                             f"`mdpr extract --output {request.gallery}`.")
@@ -84,9 +84,8 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if incomplete:
             say(f"{request.gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
                 "command to finish it.")
-        _, why = apply_cpu_threads(request.threads)
         extractor = FeatureExtractor(request.weights, device=request.device, num_workers=0, flip=store.flip)
-        _check_same_weights(store, extractor.fingerprint, request.weights)
+        check_same_weights(store, extractor.fingerprint, f"the weights {request.weights}")
         if why == "busy" and extractor.device.type == "cpu":
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
@@ -119,11 +118,3 @@ def _save_picture(store: Any, probe_paths: List[Path], results: List[List[Dict[s
         rows.append(RankedRow(Tile(probe, caption, PROBE), tiles))
     save_ranked_lists(rows, target, thumb_size=thumb)
 
-
-def _check_same_weights(store: Any, fingerprint: str, weights: Path) -> None:
-    if fingerprint != store.fingerprint:
-        raise MdprError(
-            f"The weights {weights} (fingerprint {fingerprint}) are not the ones that made {store.path} "
-            f"(fingerprint {store.fingerprint or 'none'}); query with the same weights, or re-extract the gallery "
-            f"with `mdpr extract --weights {weights}`."
-        )
