@@ -39,7 +39,7 @@ class TrainReporter:
         return {"stderr": self.stderr, "refresh_s": self.refresh_s}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state)
+        TrainReporter.__init__(self, **state)
 
     @property
     def console(self) -> Any:

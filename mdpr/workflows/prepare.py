@@ -42,7 +42,7 @@ class PrepareOutcome:
     notes: List[str]
 
     @property
-    def unreadable(self) -> List[Tuple[str, str]]:
+    def unreadable(self) -> List[Tuple[Path, str]]:
         return list(self.result.unreadable)
 
 
