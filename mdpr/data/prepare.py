@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mdpr.data.archive import extract_zip
-from mdpr.data.datasets import DEMO, canonical_name, get_spec
+from mdpr.data.datasets import DEMO, canonical_name, get_spec, resolve_name
 from mdpr.data.datasets.base import PrepareOptions, relabel_train
 from mdpr.data.records import Manifest, Record, build_manifest, check_name, register
 from mdpr.errors import MdprError
@@ -73,11 +73,16 @@ def prepare_dataset(
     ``dataset`` field of the manifest (the demo is parsed as Market-1501 but labelled ``demo``).
     """
     key = canonical_name(dataset)
-    options = options or PrepareOptions()
+    options, version = _apply_implied(dataset, options or PrepareOptions())
     check_options(key, options)
     reg_name = check_name(name or key)
     folder, notes = resolve_root(root, progress)
     parsed = get_spec(key).parse(folder, options, progress)
+    if version and parsed.options.get("version") != version:
+        raise MdprError(
+            f"'{dataset}' asks for MSMT17 {version} but {parsed.root} holds MSMT17 {parsed.options.get('version')}; "
+            f"pass the MSMT17_{version} folder as ROOT, or prepare it as msmt17."
+        )
     notes += parsed.notes
     train, query, gallery = parsed.train, parsed.query, parsed.gallery
     unreadable: List[Tuple[Path, str]] = []
@@ -107,6 +112,24 @@ def prepare_dataset(
         manifest.train = relabel_train([(r.path, r.orig_pid, r.camid) for r in manifest.train])
     path = register(manifest)
     return PrepareResult(manifest=manifest, manifest_path=path, notes=notes, unreadable=unreadable)
+
+
+def _apply_implied(dataset: str, options: PrepareOptions) -> Tuple[PrepareOptions, Optional[str]]:
+    """The options a variant name fixes (``cuhk03-detected`` -> ``--variant detected``), and its MSMT17 version."""
+    meaning = resolve_name(dataset)
+    implied = meaning.implied_options() if meaning else {}
+    changes: Dict[str, Any] = {}
+    for key in ("variant", "protocol"):
+        if key not in implied:
+            continue
+        given = getattr(options, key)
+        if given is not None and given.lower() != implied[key]:
+            raise MdprError(
+                f"'{dataset}' means {_FLAGS[key]} {implied[key]}, which contradicts {_FLAGS[key]} {given}; "
+                f"drop one of them."
+            )
+        changes[key] = implied[key]
+    return (replace(options, **changes) if changes else options), implied.get("version")
 
 
 def _drop(records: List[Record], bad: set) -> List[Record]:
