@@ -22,5 +22,6 @@ DUKEMTMC = DatasetSpec(
     title="DukeMTMC-reID",
     parse=parse_dukemtmc,
     aliases=("duke", "dukemtmc-reid"),
+    archives=("DukeMTMC-reID", "DukeMTMC"),
     layout="bounding_box_train/, query/, bounding_box_test/ with files like 0005_c2_f0046985.jpg",
 )

@@ -86,6 +86,7 @@ SYNERGYREID = DatasetSpec(
     title="SynergyReID",
     parse=parse_synergyreid,
     aliases=("synergy", "synergy-reid", "deepsportradar"),
+    archives=("synergyreid_data", "synergyreid", "data_reid"),
     options=("challenge",),
     layout="reid_training/, reid_test/{query,gallery}/ (reid_challenge/{query,gallery}/ for --challenge)",
 )
