@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from fakes import STAT_KEYS, build_market, build_msmt17
+from fakes import (
+    STAT_KEYS,
+    build_cuhk03_config,
+    build_cuhk03_mat,
+    build_market,
+    build_msmt17,
+    cuhk03_images,
+    torchreid_cuhk03_new_stats,
+)
 from typer.testing import CliRunner
 
 import mdpr.cli.prepare  # noqa: F401  (registers the subcommand)
 import mdpr.data.archive as archive_mod
 from mdpr.cli import app
 from mdpr.data.archive import extract_archive, find_archives
+from mdpr.data.records import load_dataset
 from mdpr.errors import MdprError
 
 runner = CliRunner()
@@ -93,6 +102,18 @@ def test_msmt17_tar_gz(tmp_path: Path) -> None:
     got = _prepare("msmt17_v1", str(root))
     assert {k: got[k] for k in STAT_KEYS} == {k: expected[k] for k in STAT_KEYS}
     assert _files(root / "MSMT17_V1") == _files(tree)
+
+
+def test_cuhk03_release_zip_beside_the_protocol_files(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    mat = build_cuhk03_mat(tmp_path / "src" / "cuhk03_release" / "cuhk-03.mat")
+    _zip(mat.parent, root / "cuhk03_release.zip")
+    config = build_cuhk03_config(root / "cuhk03_new_protocol_config_detected.mat", cuhk03_images(variant="detected"),
+                                 (1, 5, 9, 12))
+    got = _prepare("cuhk03-detected", str(root))
+    assert {k: got[k] for k in STAT_KEYS} == torchreid_cuhk03_new_stats(config)
+    assert (root / "cuhk03_release" / "cuhk-03.mat").is_file()
+    assert load_dataset("CUHK03-detected").options == {"variant": "detected", "protocol": "new"}
 
 
 def test_an_interrupted_extraction_is_completed_before_parsing(tmp_path: Path) -> None:
