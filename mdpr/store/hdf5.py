@@ -90,6 +90,9 @@ def write_file(
         a["normalized"] = bool(meta.normalized)
         a["flip"] = bool(meta.flip)
         a["root"] = _attr_text(meta.root or "")
+        a["weights"] = _attr_text(meta.weights or "")
+        a["backend"] = meta.backend
+        a["precision"] = meta.precision
         a["created"] = created
         feats = h5.create_dataset("features", shape=(0, meta.dim), maxshape=(None, meta.dim), dtype=meta.dtype,
                                   chunks=(chunk, meta.dim))

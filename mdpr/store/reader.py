@@ -63,6 +63,9 @@ class FeatureStore:
             model_config=json_attr(path, attrs, "model_config"),
             preprocessing=json_attr(path, attrs, "preprocessing"),
             root=string_attr(path, attrs, "root") or None,
+            weights=string_attr(path, attrs, "weights"),
+            backend=string_attr(path, attrs, "backend") or "torch",
+            precision=string_attr(path, attrs, "precision") or "fp32",
         )
         self.failed: List[Tuple[str, str]] = failed_list(path, attrs)
         self._n = int(self._features.shape[0])
@@ -159,6 +162,11 @@ class FeatureStore:
     @property
     def preprocessing(self) -> Dict[str, Any]:
         return self.meta.preprocessing
+
+    @property
+    def weights(self) -> str:
+        """The checkpoint that made the rows ("" for stores of earlier versions or other tools)."""
+        return self.meta.weights
 
     @property
     def journal_path(self) -> Path:

@@ -22,7 +22,8 @@ from mdpr.errors import MdprError
 from mdpr.store.schema import DATASETS, DTYPES
 
 #: Root attributes and the kind of single value each must hold.
-STRING_ATTRS = ("format", "mdpr_version", "model_fingerprint", "root", "created", "updated")
+STRING_ATTRS = ("format", "mdpr_version", "model_fingerprint", "root", "created", "updated", "weights", "backend",
+                "precision")
 JSON_ATTRS = {"model_config": dict, "preprocessing": dict, "failed_images": list}
 BOOL_ATTRS = ("normalized", "flip", "complete")
 INT_ATTRS = ("schema_version",)
