@@ -101,7 +101,7 @@ def plan_run(
         from mdpr.model.zoo import resolve_init
 
         choice = resolve_init(init, cfg.model, note=notes.append, verify=check_init)
-        cfg.model.pretrained = str(choice.path) if choice.path is not None else None
+        choice.apply(cfg.model)
         notes.append(choice.line)
         if choice.warning:
             notes.append(choice.warning)
