@@ -97,6 +97,7 @@ class ModelConfig(_Section):
 
     _name: ClassVar[str] = "model"
 
+    backbone: str = "resnet"  #: backbone family (mdpr.model.backbone registry); "resnet": ResNet(-IBN-a) of `depth`
     depth: int = 50  #: ResNet depth: 18, 34, 50, 101 or 152
     ibn: bool = True  #: IBN-a in layer1..layer3 (as fast-reid's WITH_IBN)
     last_stride: int = 1
@@ -280,6 +281,8 @@ _SIZE = Rule(f"two positive integers [height, width] up to {_MAX_SIDE}",
 _RULES: Dict[str, Rule] = {
     "recipe": Rule("a string"),
     "dataset": Rule("a string (a registered dataset name or a manifest path)"),
+    "model.backbone": Rule("the name of a registered backbone family (e.g. resnet)",
+                           lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", v))),
     "model.depth": Rule("a positive integer (a ResNet depth: 18, 34, 50, 101 or 152)", lambda v: v >= 1),
     "model.ibn": _BOOL,
     "model.last_stride": Rule("1 or 2", lambda v: v in (1, 2)),

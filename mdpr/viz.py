@@ -6,7 +6,7 @@ distance; borders are green / red when the gallery identity matches / does not m
 image before it is shrunk to a thumbnail, which is where attention maps or other annotations plug in.
 
 Attention overlays: the Soft Content Branch's attention maps (layer4 and layer3) blended over the
-input as heat maps, one panel per map (:func:`draw_attention_overlays`, :func:`visualize_attention_files`).
+input as heat maps, one panel per map (:func:`draw_attention_overlays`; the command is :mod:`mdpr.workflows.visualize`).
 """
 
 from __future__ import annotations
@@ -206,49 +206,3 @@ def draw_attention_overlays(
         canvas.paste(panel, (x, gap + label_h))
         draw.text((x + 2, gap), _fit(draw, font, title, width - 4), fill=(0, 0, 0), font=font)
     return canvas
-
-
-def visualize_attention_files(
-    images: Sequence[Union[str, Path]],
-    weights: Union[str, Path],
-    out_dir: Union[str, Path],
-    panel_height: int = 256,
-    device: str = "auto",
-) -> List[Path]:
-    """Write ``<out_dir>/<image stem>_attention.png`` for every image; return the written paths.
-
-    The images get the checkpoint's own test preprocessing, so the maps are those the model computes at
-    inference time (eval-mode BatchNorm).
-    """
-    from mdpr.data.images import ImageReadError, load_rgb
-    from mdpr.data.transforms import build_test_transform
-    from mdpr.errors import MdprError
-    from mdpr.model import load_model
-    from mdpr.runtime import resolve_device
-
-    model, config = load_model(weights)
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    transform = build_test_transform(config.input)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: List[Path] = []
-    used_names: set = set()
-    for path in images:
-        try:
-            img = load_rgb(path)
-        except ImageReadError as exc:
-            raise MdprError(f"Cannot read image {path} ({exc.__cause__ or exc}); pass a JPEG/PNG/BMP/WebP file.") from None
-        tensor = transform(img).unsqueeze(0).to(dev)
-        maps = {k: v[0].float().cpu().numpy() for k, v in model.attention_maps(tensor).items()}
-        shown = Image.fromarray(tensor[0].permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy())
-        name = f"{Path(path).stem}_attention.png"
-        n = 1
-        while name in used_names:  # two inputs with the same stem in different folders
-            n += 1
-            name = f"{Path(path).stem}_{n}_attention.png"
-        used_names.add(name)
-        target = out_dir / name
-        draw_attention_overlays(shown, maps, panel_height=panel_height).save(target)
-        written.append(target)
-    return written

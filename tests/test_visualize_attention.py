@@ -64,7 +64,7 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
     bad = tmp_path / "not-an-image.jpg"
     bad.write_text("hello")
     result = runner.invoke(app, ["visualize-attention", str(bad), "--weights", str(ckpt), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "Cannot read image" in result.stderr
+    assert result.exit_code == 2 and "could not be read" in result.stderr
     result = runner.invoke(app, ["visualize-attention", str(bad), "--weights", str(tmp_path / "nope.pt")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
     hard_only = tmp_path / "hard.pt"

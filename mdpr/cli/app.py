@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -46,9 +46,14 @@ def fail(message: str) -> None:
     raise typer.Exit(USER_ERROR)
 
 
-def in_flag_terms(message: str, flags: Optional[Dict[str, str]]) -> str:
-    """Library messages name arguments and config keys (``top_k``); the CLI names its flags (``--top-k``)."""
+def in_flag_terms(message: str, flags: Optional[Dict[str, str]], keys: Sequence[str] = ()) -> str:
+    """Library messages name arguments and config keys (``top_k``); the CLI names its flags (``--top-k``).
+
+    With ``keys`` (the names the message says it uses) only those are translated.
+    """
     for key, flag in (flags or {}).items():
+        if keys and key not in keys:
+            continue
         message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w-])", flag, message)
     return message
 
@@ -74,7 +79,7 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
             except MdprError as exc:
                 if debug_enabled():
                     traceback.print_exc()
-                fail(in_flag_terms(str(exc), flags))
+                fail(in_flag_terms(str(exc), flags, exc.keys))
             except KeyboardInterrupt:
                 err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
                 raise typer.Exit(130) from None

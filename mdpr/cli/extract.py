@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
 from mdpr.cli.app import command, console, err_console
-from mdpr.errors import MdprError
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -32,7 +31,7 @@ class Split(str, Enum):
     train = "train"
 
 
-@command("extract", help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
+@command("extract", flags={"images FOLDER": "--images FOLDER", "dataset NAME": "--dataset NAME", "split": "--split", "threads": "--threads", "batch_size": "--batch-size"}, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
          epilog=EXAMPLES)
 def extract(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to index (searched recursively).",
@@ -65,41 +64,22 @@ def extract(
     """
     import signal
 
-    from mdpr.inference import FeatureExtractor, ImageItem, items_from_folder
-    from mdpr.workflows.extract import extract_to_store
+    from mdpr.workflows.extract import ExtractRequest, run_extract
 
-    if (images is None) == (dataset is None):
-        raise MdprError("Pass exactly one of --images FOLDER or --dataset NAME to say which images to index.")
-    if images is not None:
-        items: List[ImageItem] = items_from_folder(images)
-        root = images.expanduser().resolve()
-        source = str(images)
-    else:
-        from mdpr.data.records import load_dataset
-
-        manifest = load_dataset(str(dataset))
-        records = manifest.split(split.value)
-        if not records:
-            raise MdprError(f"Dataset '{manifest.name}' has no {split.value} images; choose another --split.")
-        items = [ImageItem(Path(manifest.image_path(r)).resolve(), r.orig_pid if split == Split.train else r.pid, r.camid)
-                 for r in records]
-        root = Path(manifest.root).resolve()
-        source = f"{manifest.name}/{split.value}"
-
-    busy = _set_threads(threads)
-    extractor = FeatureExtractor(weights, device=device, batch_size=batch_size, num_workers=workers, flip=flip)
-    if busy and extractor.device.type == "cpu":
-        _busy_note()
+    request = ExtractRequest(output=output, weights=weights, images=images, dataset=dataset, split=split.value,
+                             device=device, batch_size=batch_size, workers=workers, threads=threads, flip=flip,
+                             half=half, append=append, checkpoint_interval=checkpoint_every)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` gets the same clean stop as Ctrl-C
     try:
-        summary = _run_with_progress(
-            lambda progress: extract_to_store(extractor, items, output, root=root, half=half, append=append,
-                                              checkpoint_interval=checkpoint_every, progress=progress)
-        )
+        summary = _run_with_progress(lambda progress: run_extract(request, progress, note=_note))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _report(summary, source)
+    _report(summary, summary.source)
+
+
+def _note(line: str) -> None:
+    err_console.print(f"[dim]Note: {line}[/]", highlight=False, soft_wrap=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -150,19 +130,3 @@ def _report(summary: Any, source: str) -> None:
             console.print(f"  {path}: {reason}", highlight=False, markup=False, soft_wrap=True)
         if n > _SHOWN_FAILURES:
             console.print(f"  ... and {n - _SHOWN_FAILURES} more", highlight=False, soft_wrap=True)
-
-
-def _set_threads(requested: Optional[int]) -> bool:
-    """Set torch's CPU threads (see :func:`mdpr.runtime.choose_cpu_threads`); True when reduced for a busy CPU."""
-    import torch
-
-    from mdpr.runtime import choose_cpu_threads
-
-    threads, why = choose_cpu_threads(requested)
-    torch.set_num_threads(threads)
-    return why == "busy"
-
-
-def _busy_note() -> None:
-    err_console.print("[dim]Note: the CPU is busy with other processes, so the model runs on 1 thread (faster "
-                      "then); choose with --threads.[/]", highlight=False, soft_wrap=True)

@@ -28,7 +28,7 @@ See docs/prepare.md and docs/datasets.md.
 """
 
 
-@command("prepare", help="Convert a downloaded dataset (or generate the demo) and register it by name.", epilog=EPILOG)
+@command("prepare", flags={"ids": "--ids", "images_per_id": "--images-per-id", "cameras": "--cameras", "size": "--size", "seed": "--seed"}, help="Convert a downloaded dataset (or generate the demo) and register it by name.", epilog=EPILOG)
 def prepare(
     dataset: str = typer.Argument(
         ..., help="market1501 (market), dukemtmc (duke), msmt17, cuhk03, synergyreid, folder, or demo."
@@ -64,31 +64,18 @@ def prepare(
     (Market-1501 layout) in DIR first."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mdpr.data.datasets import DEMO, canonical_name
     from mdpr.data.datasets.base import PrepareOptions
-    from mdpr.data.prepare import prepare_dataset
+    from mdpr.workflows.prepare import PrepareRequest, prepare
 
-    key = canonical_name(dataset)
-    options = PrepareOptions(
-        with_distractors=with_distractors, with_val=with_val, variant=variant, protocol=protocol, challenge=challenge
+    request = PrepareRequest(
+        dataset=dataset, root=root, name=name, verify=verify, workers=workers, ids=ids, images_per_id=images_per_id,
+        cameras=cameras, size=size, seed=seed,
+        options=PrepareOptions(with_distractors=with_distractors, with_val=with_val, variant=variant,
+                               protocol=protocol, challenge=challenge),
     )
-    demo_flags = {"--ids": ids != 100, "--images-per-id": images_per_id != 16, "--cameras": cameras != 4,
-                  "--size": size != "128x64", "--seed": seed != 0}
-    if key != DEMO and any(demo_flags.values()):
-        from mdpr.errors import MdprError
-
-        used = ", ".join(flag for flag, on in demo_flags.items() if on)
-        raise MdprError(f"{used} appl{'ies' if used.count(',') == 0 else 'y'} to `mdpr prepare demo` only.")
-
     # progress goes to stderr so that --json keeps stdout to exactly one JSON object
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
         tasks: dict = {}
 
         def progress(done: int, total: int, stage: str) -> None:
@@ -96,32 +83,10 @@ def prepare(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        label = None
-        notes_before = []
-        if key == DEMO:
-            from mdpr.data.demo import generate_demo, parse_size
-
-            summary = generate_demo(
-                root, num_ids=ids, images_per_id=images_per_id, cameras=cameras, size=parse_size(size), seed=seed,
-                progress=lambda d, t: progress(d, t, "generating demo images"),
-            )
-            notes_before.append(
-                f"generated the demo in {summary.root}" if summary.generated else f"reused the demo in {summary.root}"
-            )
-            label = DEMO
-        result = prepare_dataset(
-            "market1501" if key == DEMO else key,
-            root,
-            name=name or key,
-            options=options,
-            verify=verify,
-            workers=workers,
-            progress=progress,
-            label=label,
-        )
+        outcome = prepare(request, progress)
+    result, notes = outcome.result, outcome.notes
 
     manifest = result.manifest
-    notes = notes_before + result.notes
     if result.unreadable:
         err_console.print(f"[yellow]{len(result.unreadable)} unreadable image(s), left out of the manifest:[/]")
         for path, reason in result.unreadable[:50]:

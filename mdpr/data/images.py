@@ -7,9 +7,16 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
+
+from mdpr.errors import MdprError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+#: Larger images are refused before decoding (a 12000x12000 PNG would take 1.4 GB); person crops and
+#: camera frames are far smaller.
+MAX_IMAGE_PIXELS = 50_000_000
 
 # Market-1501 / DukeMTMC-reID style: 0002_c1s1_000451_03.jpg, -1_c3s2_..., 0005_c2_f0046985.jpg
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
@@ -48,10 +55,54 @@ def parse_market_name(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
 
 
 def load_rgb(path: Union[str, Path]) -> Image.Image:
-    """Decode an image fully into an RGB PIL image; raise :class:`ImageReadError` on any failure."""
+    """Decode an image fully into an upright 8-bit RGB PIL image; raise :class:`ImageReadError` on any failure.
+
+    The one decoding policy of mdpr: EXIF orientation applied (phone photos stored rotated come out
+    upright), 16-bit and 32-bit grey images scaled to 8 bits (not clipped to white), palette, grey,
+    alpha and CMYK images converted to RGB (alpha dropped), images above :data:`MAX_IMAGE_PIXELS`
+    refused before their pixels are decoded.
+    """
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(f"{path}: {width}x{height} pixels is more than the limit of "
+                                     f"{MAX_IMAGE_PIXELS:,} pixels for one image")
             img.load()  # force full decode so truncated files fail here, not later in a worker
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            return to_rgb8(ImageOps.exif_transpose(img))
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, TypeError) as exc:
         raise ImageReadError(f"{path}: {exc}") from exc
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``img`` whatever its mode (see :func:`load_rgb`)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_error_sentence(path: Union[str, Path], exc: BaseException, what: str = "Image") -> str:
+    """The one sentence for an image that cannot be used: what, which file, why, what to pass instead."""
+    text = str(exc)
+    prefix = f"{path}: "
+    reason = text[len(prefix):] if text.startswith(prefix) else text
+    return f"{what} {path} could not be read ({reason}); pass a JPEG, PNG, BMP or WebP file."
+
+
+def decode_image(path: Union[str, Path], what: str = "Image") -> Image.Image:
+    """:func:`load_rgb` with one :class:`MdprError` sentence instead of :class:`ImageReadError`."""
+    try:
+        return load_rgb(path)
+    except ImageReadError as exc:
+        raise MdprError(read_error_sentence(path, exc, what)) from None

@@ -133,17 +133,13 @@ class EvaluationResult:
 
 
 def check_comparable(query: LabelledFeatures, gallery: LabelledFeatures, metric: str) -> None:
-    """Query and gallery must come from the same model, options and normalisation."""
+    """Query and gallery must have the same dimension, flip option and normalisation (that they come from the
+    same weights is :func:`mdpr.store.check_same_weights`, checked where stores are read)."""
     qd, gd = query.features.shape[1], gallery.features.shape[1]
     if qd != gd:
         raise MdprError(
             f"The query features ({query.source}) are {qd}-d but the gallery features ({gallery.source}) are {gd}-d; "
             "extract both with the same model."
-        )
-    if query.fingerprint and gallery.fingerprint and query.fingerprint != gallery.fingerprint:
-        raise MdprError(
-            f"The query and gallery features come from different models (fingerprints {query.fingerprint[:12]} and "
-            f"{gallery.fingerprint[:12]}); extract both with the same weights."
         )
     if query.flip is not None and gallery.flip is not None and query.flip != gallery.flip:
         raise MdprError("One feature set was extracted with flip averaging and the other without; extract both the "

@@ -5,7 +5,7 @@
 
 from mdpr.inference.extractor import ExtractedBatch, FeatureExtractor, Progress
 from mdpr.inference.inputs import ImageFileDataset, ImageInput, as_image_list, collate_images, to_pil
-from mdpr.inference.listing import ImageItem, items_from_folder
+from mdpr.inference.listing import ImageItem, image_files, items_from_folder
 
 __all__ = [
     "ExtractedBatch",
@@ -16,6 +16,7 @@ __all__ = [
     "Progress",
     "as_image_list",
     "collate_images",
+    "image_files",
     "items_from_folder",
     "to_pil",
 ]

@@ -142,8 +142,8 @@ class FeatureExtractor:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the weights (:func:`mdpr.model.weights.state_dict_fingerprint`); stores record it."""
-        from mdpr.model.weights import state_dict_fingerprint
+        """Hash of the weights (:func:`mdpr.model.saving.state_dict_fingerprint`); stores record it."""
+        from mdpr.model.saving import state_dict_fingerprint
 
         if self.weights is None:  # a model being trained changes: never cache
             return state_dict_fingerprint(self.model.state_dict())

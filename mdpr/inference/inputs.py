@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mdpr.data.images import ImageReadError, load_rgb
+from mdpr.data.images import ImageReadError, decode_image, load_rgb, to_rgb8
 from mdpr.errors import MdprError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -72,7 +72,7 @@ def as_image_list(images: Any) -> List[Any]:
 
 def to_pil(item: Any, position: int) -> Image.Image:
     if isinstance(item, Image.Image):
-        return item.convert("RGB") if item.mode != "RGB" else item
+        return to_rgb8(item)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise MdprError(
@@ -81,10 +81,7 @@ def to_pil(item: Any, position: int) -> Image.Image:
             )
         return Image.fromarray(np.ascontiguousarray(item))
     if isinstance(item, (str, os.PathLike)):
-        try:
-            return load_rgb(item)
-        except ImageReadError as exc:
-            raise MdprError(f"Image {os.fspath(item)} could not be read ({_reason(exc, os.fspath(item))}); pass a JPEG, PNG, BMP or WebP file.") from None
+        return decode_image(item)
     raise MdprError(
         f"Image {position} is a {type(item).__name__}; pass file paths, PIL images or HxWx3 uint8 RGB numpy arrays."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import List, Sequence, Union
 
 from mdpr.data.images import IMAGE_EXTENSIONS, find_images, parse_market_name
 from mdpr.errors import MdprError
@@ -38,3 +38,21 @@ def items_from_folder(folder: PathLike) -> List[ImageItem]:
         exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise MdprError(f"No images ({exts}) found under {root}; check the folder.")
     return items
+
+
+def image_files(paths: Sequence[PathLike], what: str = "Image") -> List[Path]:
+    """Image files and folders alike: files as given, folders searched recursively (sorted); one sentence for
+    a path that does not exist or a folder without images."""
+    files: List[Path] = []
+    for item in paths:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = find_images(p)
+            if not found:
+                raise MdprError(f"{what} folder {p} holds no images; pass image files or a folder of images.")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise MdprError(f"{what} {p} does not exist; pass an existing image file or folder.")
+    return files

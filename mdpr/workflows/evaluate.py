@@ -134,8 +134,12 @@ def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
             raise MdprError("Pass both query_store and gallery_store (one feature store each).")
         if request.save_features is not None or request.flip:
             raise MdprError("save_features and flip apply to extraction; they cannot be used with stored features.")
+        from mdpr.store import check_same_weights
+
         query = load_store_features(request.query_store, "query")
         gallery = load_store_features(request.gallery_store, "gallery")
+        check_same_weights(gallery, query.fingerprint, f"the weights of the query store {request.query_store}",
+                           store_label=f"the gallery store {request.gallery_store}", allow_unknown=True)
         result = evaluate_features(query, gallery, request.protocol, progress=progress, note=note)
     elif request.dataset is not None and request.weights is not None:
         from mdpr.data.records import load_dataset

@@ -6,10 +6,74 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from mdpr.errors import MdprError
 from mdpr.inference import FeatureExtractor, ImageItem, Progress
+
+Note = Callable[[str], None]
+SPLITS = ("query", "gallery", "train")
+
+
+@dataclass
+class ExtractRequest:
+    """Images (a folder, or a prepared dataset's split) to embed into the store ``output``."""
+
+    output: Path
+    weights: Path
+    images: Optional[Path] = None
+    dataset: Optional[str] = None
+    split: str = "gallery"
+    device: str = "auto"
+    batch_size: int = 64
+    workers: Optional[int] = None
+    threads: Optional[int] = None
+    flip: bool = False
+    half: bool = False
+    append: bool = False
+    checkpoint_interval: float = 300.0  #: seconds between refreshes of the store file
+
+
+def select_images(request: ExtractRequest) -> Tuple[List[ImageItem], Path, str]:
+    """``(items, root, source)`` of what ``request`` names (exactly one of ``images`` / ``dataset``)."""
+    from mdpr.inference import items_from_folder
+
+    if (request.images is None) == (request.dataset is None):
+        raise MdprError("Pass exactly one of images FOLDER or dataset NAME to say which images to index.")
+    if request.images is not None:
+        return items_from_folder(request.images), request.images.expanduser().resolve(), str(request.images)
+    from mdpr.data.records import load_dataset
+
+    if request.split not in SPLITS:
+        raise MdprError(f"split must be one of {', '.join(SPLITS)}, not {request.split!r}.")
+    manifest = load_dataset(str(request.dataset))
+    records = manifest.split(request.split)
+    if not records:
+        raise MdprError(f"Dataset '{manifest.name}' has no {request.split} images; choose another split.")
+    train = request.split == "train"
+    items = [ImageItem(Path(manifest.image_path(r)).resolve(), r.orig_pid if train else r.pid, r.camid) for r in records]
+    return items, Path(manifest.root).resolve(), f"{manifest.name}/{request.split}"
+
+
+def run_extract(request: ExtractRequest, progress: Optional[Progress] = None,
+                note: Optional[Note] = None) -> ExtractionSummary:
+    """Check the inputs and the output path, load the model, and embed the images into the store."""
+    from mdpr.fileio import check_output_file
+    from mdpr.runtime import apply_cpu_threads
+
+    if request.batch_size < 1:
+        raise MdprError(f"batch_size must be at least 1, got {request.batch_size}.")
+    items, root, source = select_images(request)
+    check_output_file(request.output, "the feature store")
+    _, why = apply_cpu_threads(request.threads)
+    extractor = FeatureExtractor(request.weights, device=request.device, batch_size=request.batch_size,
+                                 num_workers=request.workers, flip=request.flip)
+    if why == "busy" and extractor.device.type == "cpu" and note is not None:
+        note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with threads.")
+    summary = extract_to_store(extractor, items, request.output, root=root, half=request.half, append=request.append,
+                               checkpoint_interval=request.checkpoint_interval, progress=progress)
+    summary.source = source
+    return summary
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -25,6 +89,7 @@ class ExtractionSummary:
     resumed: bool  #: an interrupted run was continued
     dim: int
     dtype: str
+    source: str = ""  #: what was indexed ("crops/", "demo/gallery")
 
     @property
     def images_per_second(self) -> float:

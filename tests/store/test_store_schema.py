@@ -11,7 +11,15 @@ import pytest
 
 from mdpr import __version__
 from mdpr.errors import MdprError
-from mdpr.store import SCHEMA_VERSION, STORE_FORMAT, FeatureStore, StoreMeta, path_key, write_store
+from mdpr.store import (
+    SCHEMA_VERSION,
+    STORE_FORMAT,
+    FeatureStore,
+    StoreMeta,
+    check_same_weights,
+    path_key,
+    write_store,
+)
 
 
 def _meta(tmp_path: Path, **kw: object) -> StoreMeta:
@@ -133,3 +141,20 @@ def test_scan_falls_back_for_compressed_files(tmp_path: Path) -> None:
     with FeatureStore.open(tmp_path / "s.h5") as store:
         assert store._chunk_layout() is None
         np.testing.assert_array_equal(np.concatenate([b for _, b in store.scan()]), data)
+
+
+def test_check_same_weights_is_one_sentence(tmp_path: Path) -> None:
+    write_store(tmp_path / "g.h5", _meta(tmp_path), np.ones((1, 12)), ["a.jpg"])
+    with FeatureStore.open(tmp_path / "g.h5") as store:
+        check_same_weights(store, "f" * 64, "the weights m.pt")  # the weights that made it: accepted
+        with pytest.raises(MdprError) as err:
+            check_same_weights(store, "0" * 64, "the weights m.pt")
+        message = str(err.value)
+        assert message.startswith("The weights m.pt (fingerprint 0000000000000000) are not the ones that made")
+        assert str(tmp_path / "g.h5") in message and "ffffffffffffffff" in message and "\n" not in message
+        # a store of unknown origin: refused unless the caller accepts unknown fingerprints
+        with pytest.raises(MdprError, match="fingerprint none"):
+            check_same_weights(store, "", "the weights of the query store q.h5")
+        check_same_weights(store, "", "the weights of the query store q.h5", allow_unknown=True)
+        with pytest.raises(MdprError, match="not the ones that made the gallery"):
+            check_same_weights(store, "0" * 64, "the weights of q.h5", store_label="the gallery", allow_unknown=True)

@@ -1,0 +1,121 @@
+"""``mdpr query``: rank a feature store against probe images (exact search; optional re-ranking)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from mdpr.errors import MdprError
+
+Note = Callable[[str], None]
+
+
+@dataclass
+class QueryRequest:
+    """Probes (files or folders) against the store ``gallery``, embedded with ``weights``."""
+
+    probes: List[Path]
+    gallery: Path
+    weights: Path
+    top_k: int = 10
+    rerank: bool = False
+    rerank_pool: int = 100
+    metric: str = "cosine"
+    device: str = "auto"
+    threads: Optional[int] = None
+    picture: Optional[Path] = None  #: write a ranked-list PNG here
+
+
+@dataclass
+class ProbeResult:
+    """One probe's ranked gallery rows: ``rank``, ``path``, ``distance``, ``pid``, ``camid`` (None = unknown)."""
+
+    probe: Path
+    results: List[Dict[str, Any]]
+
+
+@dataclass
+class QueryResult:
+    probes: List[ProbeResult]
+    gallery: Path
+    weights: Path
+    reranked: bool
+    incomplete_store: bool  #: an extraction into the store was interrupted (rows may be missing)
+    picture: Optional[Path] = None
+    notes: List[str] = field(default_factory=list)
+
+    def to_json(self) -> List[Dict[str, Any]]:
+        """What ``--json`` prints: one object per probe."""
+        return [{"probe": str(p.probe), "results": p.results} for p in self.probes]
+
+
+def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult:
+    """Embed the probes with the store's own weights and list the nearest gallery rows."""
+    from mdpr.data.images import decode_image
+    from mdpr.fileio import check_output_file
+    from mdpr.inference import FeatureExtractor, image_files
+    from mdpr.runtime import apply_cpu_threads
+    from mdpr.search import METRICS, ranked_results, search
+    from mdpr.store import FeatureStore, check_same_weights
+
+    if request.metric not in METRICS:
+        raise MdprError(f"metric must be one of {', '.join(METRICS)}, not {request.metric!r}.")
+    if request.top_k < 1:
+        raise MdprError(f"top_k must be at least 1, got {request.top_k}.")
+    if request.picture is not None:
+        if request.picture.suffix.lower() != ".png":
+            raise MdprError(f"The ranked-list picture is a PNG; give it a .png file name instead of {request.picture}.")
+        check_output_file(request.picture, "the ranked-list picture")
+    probe_paths = image_files(request.probes, "Probe image")
+    probe_images = [decode_image(p, "Probe image") for p in probe_paths]  # refused before the model loads
+    notes: List[str] = []
+
+    def say(message: str) -> None:
+        notes.append(message)
+        if note is not None:
+            note(message)
+
+    with FeatureStore.open(request.gallery) as store:
+        if len(store) == 0:
+            raise MdprError(f"Feature store {request.gallery} is empty; add images with "
+                            f"`mdpr extract --output {request.gallery}`.")
+        incomplete = bool(store.has_pending_journal or not store.complete)
+        if incomplete:
+            say(f"{request.gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
+                "command to finish it.")
+        _, why = apply_cpu_threads(request.threads)
+        extractor = FeatureExtractor(request.weights, device=request.device, num_workers=0, flip=store.flip)
+        check_same_weights(store, extractor.fingerprint, f"the weights {request.weights}")
+        if why == "busy" and extractor.device.type == "cpu":
+            say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
+                "threads.")
+        probe_feats = extractor(probe_images)
+        found = search(store, probe_feats, top_k=request.top_k, metric=request.metric, rerank=request.rerank,
+                       rerank_pool=request.rerank_pool)
+        rows = ranked_results(store, found)
+        if request.picture is not None:
+            _save_picture(store, probe_paths, rows, request.picture)
+    return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], request.gallery, request.weights,
+                       request.rerank, incomplete, request.picture, notes)
+
+
+def _save_picture(store: Any, probe_paths: List[Path], results: List[List[Dict[str, Any]]], target: Path) -> None:
+    from mdpr.data.images import parse_market_name
+    from mdpr.viz import PROBE, RankedRow, Tile, match_color, save_ranked_lists
+
+    size = store.preprocessing.get("size") or [128, 64]
+    thumb = (128, max(32, round(128 * size[1] / size[0])))
+    rows = []
+    for probe, hits in zip(probe_paths, results):
+        parsed = parse_market_name(probe)
+        probe_pid = parsed[0] if parsed is not None and parsed[0] >= 0 else None
+        caption = ("probe", f"pid {probe_pid}" if probe_pid is not None else probe.name)
+        tiles = [
+            Tile(Path(h["path"]), (f"#{h['rank']}  {h['distance']:.3f}", f"pid {h['pid']}" if h["pid"] is not None else ""),
+                 match_color(probe_pid, h["pid"]))
+            for h in hits
+        ]
+        rows.append(RankedRow(Tile(probe, caption, PROBE), tiles))
+    save_ranked_lists(rows, target, thumb_size=thumb)
+
