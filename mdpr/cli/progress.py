@@ -15,6 +15,20 @@ STAGE_LABELS: Dict[str, str] = {
     "rerank:neighbours": "Re-ranking: nearest neighbours",
     "rerank:encoding": "Re-ranking: k-reciprocal encoding",
     "rerank:jaccard": "Re-ranking: Jaccard distances",
+    "export": "Exporting",
+    "openvino": "Converting to OpenVINO",
+    "parity:onnxruntime": "Checking against PyTorch (onnxruntime)",
+    "parity:openvino": "Checking against PyTorch (OpenVINO)",
+    "parity:torchscript": "Checking against PyTorch (TorchScript)",
+    "quantize": "Quantising to INT8",
+    "fp32:extract:query": "fp32: extracting query features",
+    "fp32:extract:gallery": "fp32: extracting gallery features",
+    "int8:extract:query": "INT8: extracting query features",
+    "int8:extract:gallery": "INT8: extracting gallery features",
+    "index:train": "Training the index",
+    "index:add": "Adding rows to the index",
+    "index:recall": "Measuring recall",
+    "export:parquet": "Writing Parquet",
 }
 
 

@@ -156,7 +156,7 @@ def test_yaml_is_read_with_yaml_12_scalars() -> None:
 BAD = {
     "recipe": "[1]",
     "dataset": "{a: 1}",
-    "model.backbone": "'res net'",
+    "model.backbone": "'no spaces please'",
     "model.depth": "0",
     "model.ibn": "yes",
     "model.last_stride": "3",
