@@ -59,6 +59,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        # mkstemp creates 0600 files: give the new file the old one's mode, or the umask's default, so that a
+        # store or model read by a service running as another user stays readable
+        os.chmod(tmp, _mode_for(target))
         fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -66,6 +69,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp.unlink()
         raise
     fsync_dir(target.parent)
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

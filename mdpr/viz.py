@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 ImageSource = Union[str, Path, Image.Image, None]
 Overlay = Callable[[Image.Image], Image.Image]
+Font = Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]  #: what ``ImageFont.load_default()`` returns
 
 MATCH = (0, 170, 60)
 MISMATCH = (220, 30, 30)
@@ -119,7 +120,7 @@ def _thumbnail(tile: Tile, thumb_size: Tuple[int, int]) -> Image.Image:
 def _paste_tile(
     canvas: Image.Image,
     draw: ImageDraw.ImageDraw,
-    font: ImageFont.ImageFont,
+    font: Font,
     tile: Tile,
     x: int,
     y: int,
@@ -136,7 +137,7 @@ def _paste_tile(
         ty += LINE_HEIGHT
 
 
-def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, font: Font, text: str, width: int) -> str:
     """Shorten ``text`` with an ellipsis until it fits in ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -188,13 +189,13 @@ def draw_attention_overlays(
     each map is scaled by its own maximum so that its shape is visible whatever its mass.
     """
     width = max(1, round(image.width * panel_height / image.height))
-    base = image.convert("RGB").resize((width, panel_height), Image.BICUBIC)
+    base = image.convert("RGB").resize((width, panel_height), Image.Resampling.BICUBIC)
     base_arr = np.asarray(base, dtype=np.float64)
     panels: List[Tuple[str, Image.Image]] = [("input", base)]
     for layer, layer_maps in maps.items():
         for i, amap in enumerate(np.asarray(layer_maps, dtype=np.float64)):
-            up = Image.fromarray((amap / max(amap.max(), 1e-12) * 255).astype(np.uint8))
-            up = np.asarray(up.resize((width, panel_height), Image.BILINEAR), dtype=np.float64) / 255.0
+            small = Image.fromarray((amap / max(amap.max(), 1e-12) * 255).astype(np.uint8))
+            up = np.asarray(small.resize((width, panel_height), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
             blended = (1 - alpha) * base_arr + alpha * heat_colors(up)
             panels.append((f"{layer} #{i}", Image.fromarray(blended.astype(np.uint8))))
     font = ImageFont.load_default()

@@ -32,8 +32,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool) -> Console:
+    """Rich consoles that wrap at the terminal's width, and not at all (no 80-column folding of paths and
+    messages) when the output is a file, a pipe or a CI log."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return Console(stderr=stderr) if terminal else Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 #: Exit status for a user error (bad input); typer's own usage errors also exit with 2.
 USER_ERROR = 2
@@ -90,9 +101,18 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
     return decorate
 
 
+def note_printer(flags: Optional[Dict[str, str]] = None, label: str = "Note") -> Callable[[str], None]:
+    """A ``note(message)`` callback for workflows: one dim line on stderr, in this command's flag terms."""
+
+    def note(message: str) -> None:
+        err_console.print(f"[dim]{label}: {escape(in_flag_terms(message, flags))}[/]", highlight=False, soft_wrap=True)
+
+    return note
+
+
 def print_json(obj: Any) -> None:
     """Print exactly one JSON object on stdout (no rich markup, no wrapping)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -143,7 +143,8 @@ def random_person(rng: np.random.Generator) -> Person:
 
 
 def _shade(c: Color, f: float) -> Color:
-    return tuple(int(max(0, min(255, v * f))) for v in c)  # type: ignore[return-value]
+    r, g, b = (int(max(0, min(255, v * f))) for v in c)
+    return r, g, b
 
 
 def _draw_top(draw: ImageDraw.ImageDraw, p: Person, box: Tuple[int, int, int, int], view: str, unit: float) -> None:
@@ -301,16 +302,21 @@ def _muted(rng: np.random.Generator, sat: Tuple[float, float], val: Tuple[float,
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _triple(values: np.ndarray) -> Tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
 def random_camera(rng: np.random.Generator) -> Camera:
     wall = _muted(rng, (0.05, 0.35), (0.35, 0.85))
     floor = _muted(rng, (0.0, 0.25), (0.25, 0.7))
     return Camera(
         gain=float(rng.uniform(0.85, 1.12)),
-        cast=tuple(float(v) for v in 1.0 + rng.uniform(-0.08, 0.08, 3)),  # type: ignore[arg-type]
+        cast=_triple(1.0 + rng.uniform(-0.08, 0.08, 3)),
         blur=float(rng.uniform(0.0, 0.9)),
         noise=float(rng.uniform(2.0, 7.0)),
-        wall=wall,  # type: ignore[arg-type]
-        floor=floor,  # type: ignore[arg-type]
+        wall=wall,
+        floor=floor,
         texture=str(rng.choice(("bricks", "columns", "windows", "gradient", "tiles"))),
         horizon=float(rng.uniform(0.45, 0.75)),
         clutter=tuple(_muted(rng, (0.1, 0.6), (0.2, 0.9)) for _ in range(5)),
@@ -394,7 +400,7 @@ def render_image(
     H, W = size
     SH, SW = H * _SS, W * _SS
     x0 = int(rng.integers(0, scene.shape[1] - W))
-    bg = Image.fromarray(scene[:, x0 : x0 + W]).resize((SW, SH), Image.BILINEAR)
+    bg = Image.fromarray(scene[:, x0 : x0 + W]).resize((SW, SH), Image.Resampling.BILINEAR)
     canvas = bg.convert("RGBA")
     for _ in range(int(rng.choice((0, 0, 1, 1, 2)))):
         pb = _passer_by(rng, SH, SW, cam.wall)
@@ -408,7 +414,7 @@ def render_image(
         view = str(rng.choice(("front", "front", "back", "side")))
         fig = render_person(person, pw, ph, view, float(rng.uniform(0, 1)), float(rng.uniform(-1, 1)))
         if rng.random() < 0.5:
-            fig = fig.transpose(Image.FLIP_LEFT_RIGHT)
+            fig = fig.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         fx = int((SW - pw) / 2 + rng.uniform(-0.1, 0.1) * SW)
         fy = int(SH - ph - rng.uniform(-0.04, 0.08) * SH)
         canvas.paste(fig, (fx, fy), fig)
@@ -424,14 +430,14 @@ def render_image(
             w = int(SW * rng.uniform(0.15, 0.28))
             left = 0 if rng.random() < 0.5 else SW - w
             d.rectangle((left, 0, left + w, SH), fill=color)
-    img = img.resize((W, H), Image.LANCZOS)
+    img = img.resize((W, H), Image.Resampling.LANCZOS)
     if fragment:  # junk: a bad detection, a piece of a person
         fx0, fy0 = int(rng.integers(0, W // 2)), int(rng.integers(0, H // 2))
-        img = img.crop((fx0, fy0, fx0 + W // 2, fy0 + H // 2)).resize((W, H), Image.BILINEAR)
+        img = img.crop((fx0, fy0, fx0 + W // 2, fy0 + H // 2)).resize((W, H), Image.Resampling.BILINEAR)
     blur = cam.blur + rng.uniform(0, 0.4)
     if blur > 0.15:
         img = img.filter(ImageFilter.GaussianBlur(blur))
-    arr = np.asarray(img, dtype=np.float32)
+    arr: np.ndarray = np.asarray(img, dtype=np.float32)
     # illumination: camera gain and cast, a per-image flicker, and a soft vertical light gradient
     light = cam.gain * rng.uniform(0.92, 1.08) * np.linspace(rng.uniform(0.9, 1.1), rng.uniform(0.85, 1.05), H)
     arr = arr * light[:, None, None] * np.asarray(cam.cast, dtype=np.float32)[None, None, :]
@@ -586,8 +592,8 @@ def generate_demo(
         cam = int(jrng.integers(1, cameras + 1))
         jobs.append((f"bounding_box_test/{name(-1, cam, jrng)}", random_person(jrng), cam, jrng, True))
 
-    for i, (rel, person, cam, irng, fragment) in enumerate(jobs):
-        img = render_image(person, cams[cam - 1], scenes[cam - 1], irng, size, fragment=fragment)
+    for i, (rel, who, cam, irng, fragment) in enumerate(jobs):
+        img = render_image(who, cams[cam - 1], scenes[cam - 1], irng, size, fragment=fragment)
         img.save(tmp_root / rel, format="JPEG", quality=JPEG_QUALITY)
         if progress and ((i + 1) % 50 == 0 or i + 1 == len(jobs)):
             progress(i + 1, len(jobs))

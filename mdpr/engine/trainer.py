@@ -368,10 +368,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         names: List[str] = []
         total_values: Optional[torch.Tensor] = None
-        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        ddp = self.model if isinstance(self.model, nn.parallel.DistributedDataParallel) else None
         for c in range(self.chunks):
             last = c == self.chunks - 1
-            sync = self.model.no_sync() if (ddp and not last) else contextlib.nullcontext()
+            sync = ddp.no_sync() if (ddp is not None and not last) else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                     outputs = self.model(images[c * size : (c + 1) * size])
@@ -381,6 +381,7 @@ class Trainer:
                 if not bool(torch.isfinite(values).all()):
                     self._non_finite(names, values, epoch)
                 total = sum(terms.values())
+                assert isinstance(total, torch.Tensor)  # the loss always has terms; sum() alone types as int | Tensor
                 self.scaler.scale(total / self.chunks).backward()
             total_values = values if total_values is None else total_values + values
         if self.cfg.solver.grad_clip > 0:

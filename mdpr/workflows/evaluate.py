@@ -116,7 +116,8 @@ def _save_store(path: Path, side: LabelledFeatures, records: List[Any], extracto
         flip=bool(side.flip), model_config=extractor.config.to_dict(), preprocessing=dict(extractor.preprocessing or {}),
         root=str(Path(manifest.root).resolve()),
     )
-    write_store(path, meta, side.features, [r.path for r in records], side.pids, side.camids, failed=side.unreadable)
+    write_store(path, meta, side.features, [r.path for r in records], side.pids.tolist(), side.camids.tolist(),
+                failed=side.unreadable)
 
 
 def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,

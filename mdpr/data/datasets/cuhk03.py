@@ -164,9 +164,12 @@ def _new_protocol(folder: Path, variant: str, image_dir: str) -> Tuple[List, Lis
     return items("train_idx"), items("query_idx"), items("gallery_idx")
 
 
-def _classic_protocol(persons, testset: np.ndarray, image_dir: str) -> Tuple[List, List]:
+def _classic_protocol(
+    persons: List[Tuple[int, int, List[Tuple[str, object]]]], testset: np.ndarray, image_dir: str
+) -> Tuple[List[Tuple[str, int, int]], List[Tuple[str, int, int]]]:
     test_pairs = {(int(a), int(b)) for a, b in testset}
-    train, test = [], []
+    train: List[Tuple[str, int, int]] = []
+    test: List[Tuple[str, int, int]] = []
     for label, (campair, person, images) in enumerate(persons, start=1):
         target = test if (campair, person) in test_pairs else train
         target += [(f"{image_dir}/{name}", label, camid_of(name)) for name, _ in images]
@@ -214,10 +217,10 @@ def parse_cuhk03(root: Path, opts: PrepareOptions, progress: Progress = None) ->
         if missing and raw is not None:
             persons = persons if persons is not None else raw.persons(variant)
             written = extract_images(raw, persons, folder / image_dir, progress)
-            notes.append(f"extracted {written} images from {mat_path.name} into {folder / image_dir}")
+            notes.append(f"extracted {written} images from {raw.path.name} into {folder / image_dir}")
             missing = sorted(p for p in needed if not (folder / p).is_file())
         if missing:
-            source = f"{mat_path.name} has no such image" if raw else "cuhk03_release/cuhk-03.mat is not there to extract it"
+            source = f"{raw.path.name} has no such image" if raw else "cuhk03_release/cuhk-03.mat is not there to extract it"
             raise MdprError(
                 f"{len(missing)} CUHK03 image(s) of the split are missing, e.g. {folder / missing[0]} ({source})."
             )
@@ -241,6 +244,8 @@ CUHK03 = DatasetSpec(
     name="cuhk03",
     title="CUHK03",
     parse=parse_cuhk03,
+    aliases=("cuhk",),
+    archives=("cuhk03_release", "cuhk03"),
     options=("variant", "protocol"),
     layout="cuhk03_release/cuhk-03.mat and/or images_{labeled,detected}/, cuhk03_new_protocol_config_{labeled,detected}.mat",
 )
