@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from fakes import build_market, torchreid_market_stats
 from typer.testing import CliRunner
 
+import mdpr.data.archive as archive_module
 from mdpr.cli import app
 from mdpr.data.archive import default_extract_dir, extract_zip, unsafe_reason
 from mdpr.errors import MdprError
@@ -90,3 +92,19 @@ def test_not_a_zip(tmp_path: Path) -> None:
     f.write_bytes(b"not an archive")
     result = runner.invoke(app, ["prepare", "market1501", str(f)])
     assert result.exit_code == 2 and "not a .zip archive" in result.output
+
+
+def test_members_are_published_in_batches_and_a_repeated_entry_is_checked(tmp_path, monkeypatch):
+    real_batch = archive_module.atomic_batch
+    monkeypatch.setattr(archive_module, "atomic_batch", lambda: real_batch(limit=3))
+    zpath = tmp_path / "many.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(zpath, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        for i in range(7):
+            zf.writestr(f"d/{i}.txt", f"file {i}")
+        zf.writestr("d/0.txt", "a different, longer file 0")
+    with pytest.raises(MdprError, match="differ"):
+        archive_module.extract_zip(zpath, tmp_path / "out")
+    out = tmp_path / "out" / "d"
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}.txt" for i in range(7)]  # no temporary files left
+    assert (out / "0.txt").read_text() == "file 0"

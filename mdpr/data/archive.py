@@ -4,20 +4,19 @@ Every entry is checked before anything is written: absolute paths (``/x``, ``C:\
 and ``..`` components are refused, and so is any entry that would land outside the target folder
 through a symbolic link already there. Existing files are never overwritten: a file of the same size is
 taken as already extracted (so an interrupted extraction resumes), a different one is an error. Each
-file is written to a temporary name and renamed, so a crash never leaves half a file under its name.
+file is written through :func:`mdpr.fileio.atomic_batch`, so a crash never leaves half a file under its name.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_batch
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -69,37 +68,45 @@ def extract_zip(
         files = [m for m in members if not m.is_dir()]
         conflicts: List[str] = []
         done = 0
-        for info in members:
-            target = dest.joinpath(*[p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")])
-            if not _inside(target.resolve(), base):
-                raise MdprError(
-                    f"Refusing to extract {zip_path}: entry {info.filename!r} would be written outside {dest}."
-                )
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            done += 1
-            if target.exists():
-                if not target.is_file() or target.stat().st_size != info.file_size:
-                    conflicts.append(str(target))
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, archive.open(info) as src:
+        sizes: Dict[Path, int] = {}  # members written by this call
+        with atomic_batch() as batch:
+            for info in members:
+                target = dest.joinpath(*[p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")])
+                if not _inside(target.resolve(), base):
+                    raise MdprError(
+                        f"Refusing to extract {zip_path}: entry {info.filename!r} would be written outside {dest}."
+                    )
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                done += 1
+                existing = _existing_size(target, sizes)
+                if existing is not None:
+                    if existing != info.file_size:
+                        conflicts.append(str(target))
+                    continue
+                with open(batch.path(target), "wb") as out, archive.open(info) as src:
                     shutil.copyfileobj(src, out, 1 << 20)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            if progress:
-                progress(done, len(files), f"extracting {zip_path.name}")
+                sizes[target] = info.file_size
+                batch.commit_if_full()
+                if progress:
+                    progress(done, len(files), f"extracting {zip_path.name}")
         if conflicts:
             raise MdprError(
                 f"{len(conflicts)} file(s) in {dest} differ from {zip_path.name} and were not overwritten "
                 f"(first: {conflicts[0]}); move them away or extract elsewhere."
             )
     return dest
+
+
+def _existing_size(target: Path, written: Dict[Path, int]) -> Optional[int]:
+    """Size of what is already at ``target`` (-1 for a non-file), None when free; ``written``: this run's members,
+    which are not renamed into place before their batch is committed (a zip may repeat an entry)."""
+    if target in written:
+        return written[target]
+    if not target.exists():
+        return None
+    return target.stat().st_size if target.is_file() else -1
 
 
 def _inside(path: Path, base: Path) -> bool:

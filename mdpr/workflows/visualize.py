@@ -37,7 +37,7 @@ def visualize_attention(
     from mdpr.inference import image_files
     from mdpr.model import load_model
     from mdpr.runtime import resolve_device
-    from mdpr.viz import draw_attention_overlays
+    from mdpr.viz import draw_attention_overlays, save_picture
 
     if not 32 <= panel_height <= 4096:
         raise MdprError(f"panel_height must be between 32 and 4096 pixels, got {panel_height}.")
@@ -66,6 +66,6 @@ def visualize_attention(
             name = f"{path.stem}_{n}_attention.png"
         used_names.add(name)
         target = out / name
-        draw_attention_overlays(shown, maps, panel_height=panel_height).save(target)
+        save_picture(draw_attention_overlays(shown, maps, panel_height=panel_height), target)
         written.append(target)
     return AttentionPictures(files, written)
