@@ -113,6 +113,8 @@ class ModelConfig(_Section):
     cls_scale: float = 64.0
     cls_margin: float = 0.35
     pretrained: Optional[str] = None  #: backbone initialisation (torchvision / IBN-Net / LUPerson / fast-reid file)
+    #: initialisation of the recipe's reference run: imagenet, lup_moco_r101 (see mdpr.model.zoo), a file, or none
+    init: str = "none"
 
 
 @dataclass
@@ -298,6 +300,7 @@ _RULES: Dict[str, Rule] = {
     "model.cls_scale": _POSITIVE,
     "model.cls_margin": Rule("a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
     "model.pretrained": Rule("a file path or null"),
+    "model.init": Rule("none, a named initialisation (imagenet, lup_moco_r50, lup_moco_r101, lup_moco_r152) or a file path"),
     "input.size_train": _SIZE,
     "input.size_test": _SIZE,
     "input.interpolation": _choice(INTERPOLATIONS, case=False),

@@ -98,6 +98,10 @@ class AtomicBatch:
         """Flush every file written so far, rename each over its destination, then flush their folders."""
         pending, self._pending = self._pending, []
         try:
+            # mkstemp creates 0600 files: give each new file the old one's mode, or the umask's default, so that a
+            # store or model read by a service running as another user stays readable
+            for tmp, target in pending:
+                os.chmod(tmp, _mode_for(target))
             fsync_files([tmp for tmp, _ in pending])
             for tmp, target in pending:
                 os.replace(tmp, target)
@@ -145,6 +149,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     with atomic_batch() as batch:
         yield batch.path(path)
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

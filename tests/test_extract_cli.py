@@ -114,13 +114,13 @@ def test_append_half_flip_and_refusals(tmp_path: Path, weights: Path) -> None:
     [
         (["--images", "{tmp}/nowhere"], "does not exist"),
         (["--images", "{tmp}/empty"], "No images"),
-        (["--images", "{tmp}/file.jpg"], "is a file, not a folder"),
+        (["--images", "{tmp}/file.txt"], "is not an image file"),
         ([], "exactly one of --images"),
     ],
 )
 def test_bad_input_is_one_sentence(tmp_path: Path, weights: Path, args: list, message: str) -> None:
     (tmp_path / "empty").mkdir()
-    (tmp_path / "file.jpg").write_bytes(b"x")
+    (tmp_path / "file.txt").write_bytes(b"x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = _extract(*args, "--weights", str(weights), "--output", str(tmp_path / "o.h5"))
     assert result.exit_code == 2

@@ -90,9 +90,18 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
     return decorate
 
 
+def note_printer(flags: Optional[Dict[str, str]] = None, label: str = "Note") -> Callable[[str], None]:
+    """A ``note(message)`` callback for workflows: one dim line on stderr, in this command's flag terms."""
+
+    def note(message: str) -> None:
+        err_console.print(f"[dim]{label}: {escape(in_flag_terms(message, flags))}[/]", highlight=False, soft_wrap=True)
+
+    return note
+
+
 def print_json(obj: Any) -> None:
     """Print exactly one JSON object on stdout (no rich markup, no wrapping)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

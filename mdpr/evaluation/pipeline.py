@@ -19,13 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from mdpr.errors import MdprError
-from mdpr.evaluation.distance import compute_distance
+from mdpr.evaluation.distance import METRICS, compute_distance
 from mdpr.evaluation.metrics import evaluate
 from mdpr.evaluation.query_expansion import aqe
 from mdpr.evaluation.rerank import METHODS, estimate_re_rank, re_rank
 
-#: Distances every command accepts, and what they mean.
-METRICS = {"cosine": "1 - cosine similarity", "euclidean": "Euclidean distance"}
 AP_VARIANTS = ("standard", "trapezoid")
 
 #: ``progress(stage, done, total)``: stages "rerank:neighbours", "rerank:encoding", "rerank:jaccard".

@@ -151,3 +151,8 @@ def to_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
         out[official] = value
     return out
 
+
+def indexed_count(state_dict: Mapping[str, Any], prefix: str) -> int:
+    """How many numbered children ``prefix0.``, ``prefix1.`` ... the keys hold (the highest index + 1)."""
+    indices = {int(m.group(1)) for k in state_dict for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+    return max(indices) + 1 if indices else 0

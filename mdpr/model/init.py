@@ -10,11 +10,13 @@ their initial values (a documented deviation, see docs/training.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from mdpr.config import ModelConfig
 from mdpr.errors import MdprError
 from mdpr.model.backbone import BackboneFamily, get_backbone_family
 from mdpr.model.formats import PathLike, StateDict
@@ -64,8 +66,14 @@ def _mismatch_sentence(model: MDPR, family: BackboneFamily, checkpoint: Checkpoi
         held_family = get_backbone_family(checkpoint.family)
         held_cfg = family_config(held_family, checkpoint.family_settings, cfg)
         held = held_family.title(held_cfg)
-        changes = [f"model.{k}={_value(getattr(held_cfg, k))}"
-                   for k in ("backbone", *held_family.config_keys) if getattr(held_cfg, k) != getattr(cfg, k)]
+        keys = [k for k in ("backbone", *held_family.config_keys) if getattr(held_cfg, k) != getattr(cfg, k)]
+        # keep only the changes the file needs (a plain ResNet fits an IBN-a model: its norms are split)
+        for key in list(keys):
+            candidate = dataclasses.replace(held_cfg, **{key: getattr(cfg, key)})
+            if len(keys) > 1 and _fits(candidate, checkpoint):
+                keys.remove(key)
+                held_cfg = candidate
+        changes = [f"model.{k}={_value(getattr(held_cfg, k))}" for k in keys]
         if changes:
             return (f"{where} holds a {held} backbone, but the model ({family.settings(cfg)}) expects a {expected}; "
                     f"set {' '.join(changes)} to use this file, or choose a {expected} file.")
@@ -74,7 +82,9 @@ def _mismatch_sentence(model: MDPR, family: BackboneFamily, checkpoint: Checkpoi
     if missing:
         problems.append(f"{len(missing)} of its {len(one_copy)} weights are missing from the file (e.g. {missing[0]})")
     if report.unexpected:
-        problems.append(f"{len(report.unexpected)} keys of the file have no place in it (e.g. {report.unexpected[0]})")
+        count = len(report.unexpected)
+        problems.append(f"{count} key{'s' if count > 1 else ''} of the file have no place in it "
+                        f"(e.g. {report.unexpected[0]})")
     if report.mismatched:
         key, held_shape, own_shape = report.mismatched[0]
         problems.append(f"{len(report.mismatched)} have other shapes (e.g. {key} {list(held_shape)} in the file, "
@@ -87,11 +97,27 @@ def _value(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_backbone(model: MDPR, checkpoint: Checkpoint, strict: bool = True,
-                  where: str = "The backbone file") -> LoadReport:
-    """Initialise the stem and every branch's stages from a whole-backbone state dict (``checkpoint.kind``
-    "backbone" or "unknown"). Strict: anything that does not fit raises one sentence naming the file and what the
-    model expects; otherwise the :class:`LoadReport` lists it."""
+def _fits(cfg: ModelConfig, checkpoint: Checkpoint) -> bool:
+    """Whether the backbone file fits a model of ``cfg`` (planned on the meta device: nothing is allocated)."""
+    try:
+        with torch.device("meta"):
+            model = MDPR(dataclasses.replace(cfg, pretrained=None))
+    except MdprError:
+        return False
+    return _plan(model, checkpoint)[1].ok
+
+
+def _plan_backbone(model: MDPR, checkpoint: Checkpoint, where: str) -> Tuple[StateDict, LoadReport, str]:
+    """:func:`_plan`, and the sentence that says what does not fit."""
+    mapped, report, one_copy = _plan(model, checkpoint)
+    family = get_backbone_family(model.config.backbone)
+    sentence = "" if report.ok else _mismatch_sentence(model, family, checkpoint, report, one_copy, where)
+    return mapped, report, sentence
+
+
+def _plan(model: MDPR, checkpoint: Checkpoint) -> Tuple[StateDict, LoadReport, List[str]]:
+    """Where each tensor of a whole-backbone file goes in ``model``, what does not fit, and the keys of one copy of
+    the model's backbone (the stem and one branch's stages)."""
     family = get_backbone_family(model.config.backbone)
     split, rest = family.split_file(checkpoint.state_dict)
     parts = [dict(p) for p in split]
@@ -113,14 +139,36 @@ def load_backbone(model: MDPR, checkpoint: Checkpoint, strict: bool = True,
                 mapped.update((d, value) for d in destinations)
     backbone_keys = [k for k in own if any(k.startswith(prefix) for _, prefix in prefixes)]
     report.missing = [k for k in backbone_keys if k not in mapped and not k.endswith("num_batches_tracked")]
+    first: Dict[int, str] = {}
+    for part, prefix in prefixes:
+        first.setdefault(part, prefix)
+    one_copy = [k for k in backbone_keys if k.startswith(tuple(first.values())) and not k.endswith("num_batches_tracked")]
+    return mapped, report, one_copy
+
+
+def load_backbone(model: MDPR, checkpoint: Checkpoint, strict: bool = True,
+                  where: str = "The backbone file") -> LoadReport:
+    """Initialise the stem and every branch's stages from a whole-backbone state dict (``checkpoint.kind``
+    "backbone" or "unknown"). Strict: anything that does not fit raises one sentence naming the file and what the
+    model expects; otherwise the :class:`LoadReport` lists it."""
+    mapped, report, sentence = _plan_backbone(model, checkpoint, where)
     if strict and not report.ok:
-        first: Dict[int, str] = {}
-        for part, prefix in prefixes:
-            first.setdefault(part, prefix)
-        one_copy = [k for k in backbone_keys if k.startswith(tuple(first.values())) and not k.endswith("num_batches_tracked")]
-        raise MdprError(_mismatch_sentence(model, family, checkpoint, report, one_copy, where))
+        raise MdprError(sentence)
     model.load_state_dict(mapped, strict=False)
     return report
+
+
+def check_init_file(path: PathLike, cfg: ModelConfig) -> None:
+    """Raise the one-sentence mismatch of :func:`load_backbone` now if the backbone file ``path`` cannot initialise
+    a model of ``cfg`` (checked on the meta device: no weights are allocated). Full MDPR checkpoints pass."""
+    checkpoint = read_checkpoint(path)
+    if checkpoint.kind not in ("backbone", "unknown"):
+        return
+    with torch.device("meta"):
+        model = MDPR(dataclasses.replace(cfg, pretrained=None))
+    _, report, sentence = _plan_backbone(model, checkpoint, f"Initialisation file {path}")
+    if not report.ok:
+        raise MdprError(sentence)
 
 
 def init_from_pretrained(model: MDPR, path: PathLike, strict: bool = True) -> LoadReport:

@@ -16,12 +16,11 @@ Formats read (all through :func:`mdpr.fileio.read_torch_file`, i.e. ``torch.load
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,6 +33,7 @@ from mdpr.model.formats import (
     FORMAT_VERSION,
     PathLike,
     StateDict,
+    indexed_count,
     is_mdpr_state_dict,
     is_official_state_dict,
     ours_to_official,
@@ -46,21 +46,17 @@ from mdpr.model.network import MDPR
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _block_count(state_dict: Mapping[str, Any], prefix: str) -> int:
-    indices = {int(m.group(1)) for k in state_dict for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-    return max(indices) + 1 if indices else 0
-
-
 def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def _family_of_parts(parts: BackboneParts, where: str) -> Optional[Tuple[BackboneFamily, Dict[str, Any]]]:
-    """The first registered family whose ``infer`` recognises ``parts``, with the settings it read."""
+def _recognise(parts_of: Callable[[BackboneFamily], BackboneParts],
+               where: str) -> Optional[Tuple[BackboneFamily, Dict[str, Any]]]:
+    """The first registered family whose ``infer`` recognises its ``parts_of(family)``, with the settings it read."""
     for name in backbone_families():
         family = get_backbone_family(name)
         if family.infer is not None:
-            settings = family.infer(parts, where)
+            settings = family.infer(parts_of(family), where)
             if settings is not None:
                 return family, settings
     return None
@@ -69,13 +65,7 @@ def _family_of_parts(parts: BackboneParts, where: str) -> Optional[Tuple[Backbon
 def recognise_backbone_file(state_dict: Mapping[str, torch.Tensor],
                             where: str = "The file") -> Optional[Tuple[BackboneFamily, Dict[str, Any]]]:
     """Which registered family (and settings) a whole-backbone state dict belongs to, or None."""
-    for name in backbone_families():
-        family = get_backbone_family(name)
-        if family.infer is not None:
-            settings = family.infer(family.split_file(state_dict)[0], where)
-            if settings is not None:
-                return family, settings
-    return None
+    return _recognise(lambda family: family.split_file(state_dict)[0], where)
 
 
 def infer_model_config(state_dict: Mapping[str, torch.Tensor], where: str = "The checkpoint") -> ModelConfig:
@@ -95,7 +85,7 @@ def infer_model_config(state_dict: Mapping[str, torch.Tensor], where: str = "The
                         f"generate.backbone_part / generate.backbone_attn).")
     branch = "hard_branch." if hard else "soft_branch."
     parts = (_under(sd, "stem."), _under(sd, f"{branch}layer3."), _under(sd, f"{branch}layer4."))
-    found = _family_of_parts(parts, where)
+    found = _recognise(lambda family: parts, where)
     if found is None:
         raise MdprError(f"{where} holds a backbone that none of the registered backbone families "
                         f"({', '.join(backbone_families())}) recognises; register its family with "
@@ -110,7 +100,7 @@ def infer_model_config(state_dict: Mapping[str, torch.Tensor], where: str = "The
                         f"embedding dimension cannot be inferred.")
     cfg.embedding_dim = int(sd[embedding_key].shape[0])
     if hard:
-        cfg.num_parts = _block_count(sd, "hard_branch.part_embeddings.")
+        cfg.num_parts = indexed_count(sd, "hard_branch.part_embeddings.")
     if soft:
         cfg.num_attention = int(sd["soft_branch.layer4_attention.conv1x1.weight"].shape[0]) - 1
         cfg.attention_guidance = "soft_branch.attention_guide.conv.weight" in sd

@@ -344,4 +344,5 @@ class MDPR(nn.Module):
     def extra_repr(self) -> str:
         fields = dataclasses.asdict(self.config)
         fields.pop("pretrained", None)
+        fields.pop("init", None)
         return ", ".join(f"{k}={v}" for k, v in fields.items()) + f", feature_dim={self.feature_dim}"

@@ -14,8 +14,7 @@ downsample projection even with last stride 1 (its channel count changes).
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from torch import nn
 from mdpr.config import ModelConfig
 from mdpr.errors import MdprError
 from mdpr.model.backbone import Backbone, BackboneParts, register_backbone_family
+from mdpr.model.formats import indexed_count
 from mdpr.model.layers import IBN
 
 #: blocks per stage and block type for each supported depth
@@ -189,18 +189,13 @@ def describe_resnet(cfg: ModelConfig) -> str:
     return f"ResNet-{cfg.depth}{'-IBN-a' if cfg.ibn else ''}"
 
 
-def _block_count(state_dict: Mapping[str, Any], prefix: str) -> int:
-    indices = {int(m.group(1)) for k in state_dict for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-    return max(indices) + 1 if indices else 0
-
-
 def infer_resnet(parts: BackboneParts, where: str = "The weights") -> Optional[Dict[str, Any]]:
     """``{"depth", "ibn"}`` of ResNet parts (None if the stem has no ResNet keys); an unsupported depth is an error."""
     stem, layer3, layer4 = parts
     if "conv1.weight" not in stem or "layer1.0.conv1.weight" not in stem:
         return None
-    blocks = (_block_count(stem, "layer1."), _block_count(stem, "layer2."), _block_count(layer3, ""),
-              _block_count(layer4, ""))
+    blocks = (indexed_count(stem, "layer1."), indexed_count(stem, "layer2."), indexed_count(layer3, ""),
+              indexed_count(layer4, ""))
     kind = "bottleneck" if "layer1.0.conv3.weight" in stem else "basic"
     for depth, layout in RESNET_STAGES.items():
         if layout == (kind, blocks):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from mdpr.runtime import l2_normalize
 from mdpr.store.hdf5 import write_store
-from mdpr.store.reader import FeatureStore
+from mdpr.store.reader import FeatureStore, Segment
 from mdpr.store.schema import (
     BLOCK_BYTES,
     CHUNK_BYTES,
@@ -34,7 +34,7 @@ from mdpr.store.schema import (
     journal_path_for,
     path_key,
 )
-from mdpr.store.writer import StoreWriter
+from mdpr.store.writer import Compaction, StoreWriter, compact, store_bytes
 
 __all__ = [
     "BLOCK_BYTES",
@@ -42,13 +42,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORE_FORMAT",
     "UNKNOWN",
+    "Compaction",
     "FeatureStore",
+    "Segment",
     "StoreMeta",
     "StoreWriter",
     "check_same_weights",
+    "compact",
     "chunk_rows_for",
     "journal_path_for",
     "l2_normalize",
     "path_key",
+    "store_bytes",
     "write_store",
 ]

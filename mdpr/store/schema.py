@@ -89,6 +89,9 @@ class StoreMeta:
     model_config: Dict[str, Any] = field(default_factory=dict)
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     root: Optional[str] = None  #: absolute folder that relative ``paths`` are relative to
+    weights: str = ""  #: absolute path of the checkpoint that made the rows (``mdpr query`` defaults to it)
+    backend: str = "torch"  #: inference backend that made the rows (torch, onnxruntime, openvino)
+    precision: str = "fp32"  #: fp32 or int8 (INT8 rows are not comparable with fp32 rows unless allowed)
 
     def __post_init__(self) -> None:
         self.dim = int(self.dim)
@@ -125,14 +128,15 @@ class StoreMeta:
 
     def to_json(self) -> Dict[str, Any]:
         return {**self.essentials(), "model_config": self.model_config, "preprocessing": self.preprocessing,
-                "root": self.root}
+                "root": self.root, "weights": self.weights, "backend": self.backend, "precision": self.precision}
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> StoreMeta:
         return cls(
             dim=data["dim"], dtype=data["dtype"], fingerprint=data["fingerprint"], normalized=data["normalized"],
             flip=data["flip"], model_config=data.get("model_config") or {},
-            preprocessing=data.get("preprocessing") or {}, root=data.get("root"),
+            preprocessing=data.get("preprocessing") or {}, root=data.get("root"), weights=data.get("weights") or "",
+            backend=data.get("backend") or "torch", precision=data.get("precision") or "fp32",
         )
 
 
@@ -163,7 +167,7 @@ class Rows:
     """A block of rows on its way into a store file."""
 
     features: np.ndarray
-    paths: List[str]
+    paths: List[Any]  #: str, or the stored bytes when a store is copied (``iter_rows(raw_paths=True)``)
     pids: np.ndarray
     camids: np.ndarray
 

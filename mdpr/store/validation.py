@@ -22,8 +22,9 @@ from mdpr.errors import MdprError
 from mdpr.store.schema import DATASETS, DTYPES
 
 #: Root attributes and the kind of single value each must hold.
-STRING_ATTRS = ("format", "mdpr_version", "model_fingerprint", "root", "created", "updated")
-JSON_ATTRS = {"model_config": dict, "preprocessing": dict, "failed_images": list}
+STRING_ATTRS = ("format", "mdpr_version", "model_fingerprint", "root", "created", "updated", "version_stamp",
+                "weights", "backend", "precision")
+JSON_ATTRS = {"model_config": dict, "preprocessing": dict, "failed_images": list, "history": list}
 BOOL_ATTRS = ("normalized", "flip", "complete")
 INT_ATTRS = ("schema_version",)
 
@@ -110,6 +111,15 @@ def failed_list(path: Path, attrs: Any) -> List[Tuple[str, str]]:
     return out
 
 
+def history_list(path: Path, attrs: Any) -> List[Tuple[int, str]]:
+    out: List[Tuple[int, str]] = []
+    for item in json_attr(path, attrs, "history"):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and isinstance(item[1], str)):
+            raise damaged(path, "attribute 'history' holds an entry that is not [rows, stamp]")
+        out.append((item[0], item[1]))
+    return out
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "missing"
@@ -127,6 +137,7 @@ def check_attributes(path: Path, attrs: Any) -> None:
     for name in JSON_ATTRS:
         json_attr(path, attrs, name)
     failed_list(path, attrs)
+    history_list(path, attrs)
 
 
 def check_datasets(path: Path, h5: h5py.File) -> Dict[str, h5py.Dataset]:
@@ -198,6 +209,40 @@ def check_virtual_sources(path: Path, name: str, dataset: h5py.Dataset) -> List[
             raise damaged(path, f"'{name}' maps dataset '{source.dset_name}' of segment {target.name}")
         files.append(target)
     return files
+
+
+def segment_bounds(path: Path, datasets: Dict[str, h5py.Dataset], n: int) -> List[Tuple[Path, int, int]]:
+    """``(segment file, first row, rows)`` of a segmented store, checked: the four row datasets map the same
+    segments in the same row ranges, back to back from row 0 to row ``n``."""
+    layouts = []
+    for name in DATASETS:
+        ds = datasets[name]
+        if not ds.is_virtual:
+            raise damaged(path, f"'features' is virtual but '{name}' is not")
+        files = check_virtual_sources(path, name, ds)
+        ranges = []
+        for target, source in zip(files, ds.virtual_sources()):
+            try:
+                blocks = source.vspace.get_select_hyper_blocklist()
+            except (ValueError, RuntimeError):
+                raise damaged(path, f"'{name}' maps segment {target.name} in a way mdpr does not write") from None
+            if len(blocks) != 1:
+                raise damaged(path, f"'{name}' maps segment {target.name} to several row ranges")
+            ranges.append((target, int(blocks[0][0][0]), int(blocks[0][1][0]) + 1))
+        layouts.append(sorted(ranges, key=lambda r: r[1]))
+    first = layouts[0]
+    if any(other != first for other in layouts[1:]):
+        raise damaged(path, "its row datasets map different segments")
+    out: List[Tuple[Path, int, int]] = []
+    expected = 0
+    for target, start, stop in first:
+        if start != expected:
+            raise damaged(path, f"its segments leave rows {expected}..{start - 1} unmapped or map them twice")
+        out.append((target, start, stop - start))
+        expected = stop
+    if expected != n:
+        raise damaged(path, f"its segments map {expected} rows where the store has {n}")
+    return out
 
 
 def _resolve_source(path: Path, file_name: str) -> Optional[Path]:

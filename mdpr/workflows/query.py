@@ -16,8 +16,8 @@ class QueryRequest:
     """Probes (files or folders) against the store ``gallery``, embedded with ``weights``."""
 
     probes: List[Path]
-    gallery: Path
-    weights: Path
+    gallery: Optional[Path] = None  #: None: the most recently written store
+    weights: Optional[Path] = None  #: None: the checkpoint recorded in the store
     top_k: int = 10
     rerank: bool = False
     rerank_pool: int = 100
@@ -39,7 +39,7 @@ class ProbeResult:
 class QueryResult:
     probes: List[ProbeResult]
     gallery: Path
-    weights: Path
+    weights: Optional[Path]
     reranked: bool
     incomplete_store: bool  #: an extraction into the store was interrupted (rows may be missing)
     picture: Optional[Path] = None
@@ -76,16 +76,24 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if note is not None:
             note(message)
 
-    with FeatureStore.open(request.gallery) as store, cpu_threads(request.threads) as (_, why):
+    gallery = request.gallery
+    if gallery is None:
+        from mdpr.workflows.history import latest_store
+
+        gallery = latest_store()
+        say(f"searching the most recent store {gallery} (choose another with gallery STORE).")
+    with FeatureStore.open(gallery) as store, cpu_threads(request.threads) as (_, why):
         if len(store) == 0:
-            raise MdprError(f"Feature store {request.gallery} is empty; add images with "
-                            f"`mdpr extract --output {request.gallery}`.")
+            raise MdprError(f"Feature store {gallery} is empty; add images with `mdpr extract --output {gallery}`.")
+        weights = request.weights
+        if weights is None:
+            weights = _recorded_weights(store)
         incomplete = bool(store.has_pending_journal or not store.complete)
         if incomplete:
-            say(f"{request.gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
+            say(f"{gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
                 "command to finish it.")
-        extractor = FeatureExtractor(request.weights, device=request.device, num_workers=0, flip=store.flip)
-        check_same_weights(store, extractor.fingerprint, f"the weights {request.weights}")
+        extractor = FeatureExtractor(weights, device=request.device, num_workers=0, flip=store.flip)
+        check_same_weights(store, extractor.fingerprint, f"the weights {weights}")
         if why == "busy" and extractor.device.type == "cpu":
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
@@ -95,8 +103,20 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         rows = ranked_results(store, found)
         if request.picture is not None:
             _save_picture(store, probe_paths, rows, request.picture)
-    return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], request.gallery, request.weights,
+    return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], gallery, weights,
                        request.rerank, incomplete, request.picture, notes)
+
+
+def _recorded_weights(store: Any) -> Path:
+    """The checkpoint a store records as its maker, refused in one sentence when it is gone."""
+    if not store.weights:
+        raise MdprError(f"{store.path} does not record the checkpoint that made it (written by an earlier version or "
+                        "another tool); pass weights CKPT.", keys=["weights CKPT"])
+    recorded = Path(store.weights)
+    if not recorded.is_file():
+        raise MdprError(f"The checkpoint {recorded} that made {store.path} no longer exists; pass weights CKPT with "
+                        "the same weights, or extract the store again.", keys=["weights CKPT"])
+    return recorded
 
 
 def _save_picture(store: Any, probe_paths: List[Path], results: List[List[Dict[str, Any]]], target: Path) -> None:

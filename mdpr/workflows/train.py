@@ -187,4 +187,7 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
         return None
     if summary is None:  # spawned workers: rank 0 wrote the summary
         summary = json.loads((plan.run_dir / SUMMARY).read_text())
+    from mdpr.workflows.history import record_run
+
+    record_run(summary, note)
     return TrainResult(plan.run_dir, summary, plan.notes)

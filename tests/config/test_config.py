@@ -172,6 +172,7 @@ BAD = {
     "model.cls_scale": "0",
     "model.cls_margin": "1.0",
     "model.pretrained": "{path: a}",
+    "model.init": "{name: imagenet}",
     "input.size_train": "[96]",
     "input.size_test": "[0, 0]",
     "input.interpolation": "cubic",

@@ -151,10 +151,18 @@ _FORKING_WRITER = textwrap.dedent(
     import multiprocessing, sys, time
     import numpy as np
     from mdpr.store import StoreMeta, StoreWriter
+
+    def worker(started):  # like a DataLoader worker: forked while the writer holds the journal
+        started.set()
+        time.sleep(60)
+
     w = StoreWriter(sys.argv[1], StoreMeta(dim=4, fingerprint="abc", normalized=False))
     w.add(np.ones((1, 4), np.float32), ["a.jpg"])
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # like a DataLoader worker
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=worker, args=(started,))
     child.start()
+    started.wait()
     print(child.pid, flush=True)
     time.sleep(60)
     """

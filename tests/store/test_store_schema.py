@@ -38,7 +38,7 @@ def _meta(tmp_path: Path, **kw: object) -> StoreMeta:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_round_trip(tmp_path: Path, dtype: str) -> None:
+def test_round_trip(tmp_path: Path, dtype: str, store_layout: str) -> None:
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((7, 12)).astype(np.float32)
     paths = [path_key(tmp_path / "cam1" / f"{i:04d}_c1s1_000001_01.jpg", tmp_path) for i in range(7)]
@@ -67,7 +67,16 @@ def test_round_trip(tmp_path: Path, dtype: str) -> None:
     with h5py.File(out, "r") as h5:
         assert set(h5.keys()) == {"features", "paths", "pids", "camids"}
         f = h5["features"]
-        assert f.dtype == np.dtype(dtype) and f.shape == (7, 12) and f.maxshape == (None, 12) and f.chunks is not None
+        assert f.dtype == np.dtype(dtype) and f.shape == (7, 12)
+        np.testing.assert_allclose(f[...].astype(np.float32), expected, atol=tol)
+        if store_layout == "single":
+            assert f.maxshape == (None, 12) and f.chunks is not None and not f.is_virtual
+        else:  # virtual datasets over segment files of 3 rows, each of them a single-file store
+            assert f.is_virtual and [s.file_name for s in f.virtual_sources()] == [
+                f"s.h5.segments/{i:06d}.h5" for i in range(3)]
+            with h5py.File(tmp_path / "s.h5.segments" / "000002.h5", "r") as seg:
+                assert seg["features"].shape == (1, 12) and seg["features"].chunks is not None
+                assert seg.attrs["format"] == STORE_FORMAT
         assert h5["pids"].dtype == np.int32 and h5["camids"].dtype == np.int32
         assert h5["paths"].asstr()[0] == paths[0]
         a = h5.attrs

@@ -208,8 +208,9 @@ _WRITER_SCRIPT = textwrap.dedent(
     import sys, time
     import numpy as np
     from mdpr.store import StoreMeta, StoreWriter
-    out, n = sys.argv[1], int(sys.argv[2])
-    w = StoreWriter(out, StoreMeta(dim=4, fingerprint="abc", normalized=False), checkpoint_interval=0.0)
+    out, n, layout = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    w = StoreWriter(out, StoreMeta(dim=4, fingerprint="abc", normalized=False), checkpoint_interval=0.0,
+                    layout=layout)
     for i in range(n):
         name = f"{i:05d}.jpg"
         if name in w:
@@ -224,7 +225,7 @@ _WRITER_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path, store_layout: str) -> None:
     """Really kill a writing process (journal appends and atomic folds interleaved), several times."""
     out = tmp_path / "s.h5"
     script = tmp_path / "writer.py"
@@ -233,7 +234,7 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, str(script), str(out), str(n)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(script), str(out), str(n), store_layout], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         target = int(rng.integers(5, 40))
         seen = 0
@@ -253,6 +254,6 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path) -> None:
             assert len(set(store.paths)) == len(store)
     assert kills >= 3
     t0 = time.monotonic()
-    subprocess.run([sys.executable, str(script), str(out), str(n)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, str(script), str(out), str(n), store_layout], check=True, capture_output=True, timeout=120)
     assert time.monotonic() - t0 < 120
     _assert_exactly_once(out, n)
