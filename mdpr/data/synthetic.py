@@ -1,4 +1,4 @@
-"""The built-in synthetic demo dataset: Market-1501 layout and naming, drawn with Pillow and numpy.
+"""Renderer of synthetic people: the built-in demo dataset (Market-1501 layout), drawn with Pillow and numpy.
 
 Every identity has a stable appearance (clothing colours and patterns, sleeve and trouser type, hair,
 hat, skin, body proportions, bag/backpack/scarf); every camera changes what a real camera changes
