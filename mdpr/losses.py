@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from mdpr.config import LossConfig
 from mdpr.errors import MdprError
 from mdpr.model.heads import HeadOutput
-from mdpr.model.mdpr import AttentionOutput, MDPROutputs
+from mdpr.model.network import AttentionOutput, MDPROutputs
 
 
 def circle_logits(cosine: torch.Tensor, targets: torch.Tensor, scale: float, margin: float) -> torch.Tensor:

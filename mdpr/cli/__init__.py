@@ -12,7 +12,9 @@ _COMMANDS = [
     "train",
     "evaluate",
     "extract",
+    "index",
     "query",
+    "store",
     "visualize",
     "export",
 ]

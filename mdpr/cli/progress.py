@@ -25,6 +25,10 @@ STAGE_LABELS: Dict[str, str] = {
     "fp32:extract:gallery": "fp32: extracting gallery features",
     "int8:extract:query": "INT8: extracting query features",
     "int8:extract:gallery": "INT8: extracting gallery features",
+    "index:train": "Training the index",
+    "index:add": "Adding rows to the index",
+    "index:recall": "Measuring recall",
+    "export:parquet": "Writing Parquet",
 }
 
 

@@ -149,7 +149,7 @@ class Trainer:
             self.model = self.module
 
     def _load_resume_state(self) -> None:
-        from mdpr.model.weights import load_weights
+        from mdpr.model.loading import load_weights
 
         path = self.run_dir / LAST
         if not path.is_file():

@@ -190,8 +190,8 @@ class FeatureExtractor:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the weights (:func:`mdpr.model.weights.state_dict_fingerprint`); stores record it."""
-        from mdpr.model.weights import state_dict_fingerprint
+        """Hash of the weights (:func:`mdpr.model.saving.state_dict_fingerprint`); stores record it."""
+        from mdpr.model.saving import state_dict_fingerprint
 
         if self._fingerprint is not None:
             return self._fingerprint

@@ -83,7 +83,7 @@ class StoreMeta:
 
     dim: int
     dtype: str = "float32"  #: "float32" or "float16" (storage precision)
-    fingerprint: str = ""  #: :func:`mdpr.model.weights.state_dict_fingerprint` of the weights
+    fingerprint: str = ""  #: :func:`mdpr.model.saving.state_dict_fingerprint` of the weights
     normalized: bool = True  #: rows are L2-normalised (cosine similarity is a dot product)
     flip: bool = False  #: features average the image and its horizontal mirror
     model_config: Dict[str, Any] = field(default_factory=dict)

@@ -144,16 +144,16 @@ def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
     elif request.dataset is not None and request.weights is not None:
         from mdpr.data.records import load_dataset
         from mdpr.inference import FeatureExtractor
-        from mdpr.runtime import apply_cpu_threads
+        from mdpr.runtime import cpu_threads
 
         if request.save_features is not None:
             check_output_folder(request.save_features, "save_features")
         manifest = load_dataset(request.dataset)
-        apply_cpu_threads(request.threads)
-        extractor = FeatureExtractor(str(request.weights), device=request.device, batch_size=request.batch_size,
-                                     num_workers=request.num_workers, flip=request.flip)
-        result = evaluate_extractor(extractor, manifest, request.protocol, save_features=request.save_features,
-                                    progress=progress, note=note)
+        with cpu_threads(request.threads):
+            extractor = FeatureExtractor(str(request.weights), device=request.device, batch_size=request.batch_size,
+                                         num_workers=request.num_workers, flip=request.flip)
+            result = evaluate_extractor(extractor, manifest, request.protocol, save_features=request.save_features,
+                                        progress=progress, note=note)
     else:
         raise MdprError("Say what to evaluate: a dataset with weights, or query and gallery feature stores.")
     if request.save_metrics is not None:

@@ -59,19 +59,21 @@ def run_extract(request: ExtractRequest, progress: Optional[Progress] = None,
                 note: Optional[Note] = None) -> ExtractionSummary:
     """Check the inputs and the output path, load the model, and embed the images into the store."""
     from mdpr.fileio import check_output_file
-    from mdpr.runtime import apply_cpu_threads
+    from mdpr.runtime import cpu_threads
 
     if request.batch_size < 1:
         raise MdprError(f"batch_size must be at least 1, got {request.batch_size}.")
     items, root, source = select_images(request)
     check_output_file(request.output, "the feature store")
-    _, why = apply_cpu_threads(request.threads)
-    extractor = FeatureExtractor(request.weights, device=request.device, batch_size=request.batch_size,
-                                 num_workers=request.workers, flip=request.flip)
-    if why == "busy" and extractor.device.type == "cpu" and note is not None:
-        note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with threads.")
-    summary = extract_to_store(extractor, items, request.output, root=root, half=request.half, append=request.append,
-                               checkpoint_interval=request.checkpoint_interval, progress=progress)
+    with cpu_threads(request.threads) as (_, why):
+        extractor = FeatureExtractor(request.weights, device=request.device, batch_size=request.batch_size,
+                                     num_workers=request.workers, flip=request.flip)
+        if why == "busy" and extractor.device.type == "cpu" and note is not None:
+            note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
+                 "threads.")
+        summary = extract_to_store(extractor, items, request.output, root=root, half=request.half,
+                                   append=request.append, checkpoint_interval=request.checkpoint_interval,
+                                   progress=progress)
     summary.source = source
     return summary
 

@@ -55,7 +55,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
     from mdpr.data.images import decode_image
     from mdpr.fileio import check_output_file
     from mdpr.inference import FeatureExtractor, image_files
-    from mdpr.runtime import apply_cpu_threads
+    from mdpr.runtime import cpu_threads
     from mdpr.search import METRICS, ranked_results, search
     from mdpr.store import FeatureStore, check_same_weights
 
@@ -76,7 +76,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if note is not None:
             note(message)
 
-    with FeatureStore.open(request.gallery) as store:
+    with FeatureStore.open(request.gallery) as store, cpu_threads(request.threads) as (_, why):
         if len(store) == 0:
             raise MdprError(f"Feature store {request.gallery} is empty; add images with "
                             f"`mdpr extract --output {request.gallery}`.")
@@ -84,7 +84,6 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if incomplete:
             say(f"{request.gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
                 "command to finish it.")
-        _, why = apply_cpu_threads(request.threads)
         extractor = FeatureExtractor(request.weights, device=request.device, num_workers=0, flip=store.flip)
         check_same_weights(store, extractor.fingerprint, f"the weights {request.weights}")
         if why == "busy" and extractor.device.type == "cpu":

@@ -12,33 +12,15 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
+
+from layermap import LAYER_OF, SIDEWAYS
 
 import mdpr
 
 PACKAGE = Path(mdpr.__file__).parent
 
-LAYERS: List[Tuple[str, ...]] = [
-    ("cli",),
-    ("workflows",),
-    ("engine", "inference", "search", "store", "evaluation", "export", "viz"),
-    ("model", "data", "losses"),
-    ("config", "runtime", "fileio", "errors"),
-]
-LAYER_OF: Dict[str, int] = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}
 
-#: The allowed sideways imports, and why.
-SIDEWAYS: Dict[Tuple[str, str], str] = {
-    ("search", "store"): "search ranks the rows of feature stores",
-    ("search", "evaluation"): "re-ranking a shortlist uses the evaluation's k-reciprocal re-ranking",
-    ("inference", "export"): "the onnxruntime / openvino backends run exported files (a checkpoint is exported "
-                             "into a cache first)",
-    ("losses", "model"): "the losses read the model's typed training outputs",
-    ("config", "fileio"): "a resolved config is written with the one atomic writer",
-    ("config", "errors"): "errors is the foundation of the foundation layer",
-    ("fileio", "errors"): "errors is the foundation of the foundation layer",
-    ("runtime", "errors"): "errors is the foundation of the foundation layer",
-}
 
 
 def _modules() -> Iterator[Tuple[str, Path]]:

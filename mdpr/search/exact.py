@@ -1,4 +1,4 @@
-"""Exact nearest-neighbour search of probe features against a gallery (a feature store or an in-memory index).
+"""Exact nearest-neighbour search of probe features against a gallery (a feature store or an in-memory copy).
 
 The gallery is scanned once, block by block (bounded memory), whatever the number of probes: each
 block is converted to float32 in a small reusable buffer, multiplied with all probes at once, and a
@@ -105,26 +105,41 @@ def search(
         raise MdprError(f"Unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
     if isinstance(gallery, np.ndarray):
         gallery = GalleryIndex(gallery, normalized=False)
-    q = np.asarray(probes, dtype=np.float32)
-    if q.ndim == 1:
-        q = q.reshape(1, -1)
-    if q.ndim != 2 or q.shape[1] != gallery.dim:
-        raise MdprError(f"Probe features must be (Q, {gallery.dim}) to match the gallery, got shape {q.shape}.")
-    if not np.all(np.isfinite(q)):
-        raise MdprError("Probe features contain NaN or infinity; check the model and the probe images.")
-    top_k = int(top_k)
-    if top_k < 1:
-        raise MdprError(f"--top-k must be at least 1, not {top_k}.")
+    q = as_probes(probes, gallery.dim)
+    top_k = check_top_k(top_k)
     n = len(gallery)
     if n == 0 or q.shape[0] == 0:
         return SearchResult(np.zeros((q.shape[0], 0), np.int64), np.zeros((q.shape[0], 0), np.float32))
     pool = max(top_k, int(rerank_pool)) if rerank else top_k
     normalized = bool(gallery.normalized)
     blocks = gallery.scan() if isinstance(gallery, FeatureStore) else gallery.blocks()
-    indices, distances = _exact_topk(blocks, q, min(pool, n), n, metric, normalized, progress)
+    indices, _ = _exact_topk(blocks, q, min(pool, n), n, metric, normalized, progress)
     if rerank:
         indices, distances = _rerank(gallery, q, indices, metric, min(top_k, n))
-    return SearchResult(indices, distances)
+        return SearchResult(indices, distances)
+    # The scan ranks in float32 with whatever summation order the BLAS kernel picks for a row's position in
+    # a block; the rows it returns get their distance recomputed in float64 by the one routine that also
+    # rescores an approximate index's shortlist (rescore), so a row's distance never depends on the route.
+    return rescore(gallery, q, indices, min(pool, n), metric)
+
+
+def as_probes(probes: Any, dim: int) -> np.ndarray:
+    """Probe features as a (Q, D) float32 array; :class:`MdprError` for a wrong shape or non-finite values."""
+    q = np.asarray(probes, dtype=np.float32)
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise MdprError(f"Probe features must be (Q, {dim}) to match the gallery, got shape {q.shape}.")
+    if not np.all(np.isfinite(q)):
+        raise MdprError("Probe features contain NaN or infinity; check the model and the probe images.")
+    return q
+
+
+def check_top_k(top_k: int) -> int:
+    top_k = int(top_k)
+    if top_k < 1:
+        raise MdprError(f"--top-k must be at least 1, not {top_k}.")
+    return top_k
 
 
 def _exact_topk(
@@ -242,7 +257,7 @@ def _sorted(idx: np.ndarray, dist: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def _rows(gallery: Union[FeatureStore, GalleryIndex], indices: np.ndarray) -> np.ndarray:
     if isinstance(gallery, FeatureStore):
-        return gallery.read_features(dtype=np.float32, rows=indices)
+        return gallery.read_features(dtype=np.float32, rows=np.asarray(indices).tolist())
     return gallery.features[torch.from_numpy(np.asarray(indices, dtype=np.int64))].float().numpy()
 
 
@@ -269,13 +284,56 @@ def _rerank(
     return out_i, out_d
 
 
+def rescore(
+    gallery: Union[FeatureStore, GalleryIndex],
+    probes: Any,
+    candidates: np.ndarray,
+    top_k: int,
+    metric: str = "cosine",
+) -> SearchResult:
+    """Exact distances of each probe to its candidate rows, nearest ``top_k`` first (ties: lower row first).
+
+    ``candidates`` is (Q, C) row numbers, -1 for none (a shortlist from an approximate index, or the rows an
+    exact scan found). Distances are computed in float64 from the rows as stored, with :func:`search`'s
+    definitions, so a row gets the same distance whichever way it was found. Rows with fewer than ``top_k``
+    candidates are padded with index -1 and distance inf.
+    """
+    q = np.asarray(probes, dtype=np.float32).reshape(len(candidates), -1)
+    cands = np.asarray(candidates, dtype=np.int64)
+    out_i = np.full((q.shape[0], top_k), -1, dtype=np.int64)
+    out_d = np.full((q.shape[0], top_k), np.inf, dtype=np.float32)
+    width = 0
+    for r in range(q.shape[0]):
+        cand = np.unique(cands[r][cands[r] >= 0])
+        if cand.size == 0:
+            continue
+        dist = _distances(_rows(gallery, cand).astype(np.float64), q[r].astype(np.float64), metric, gallery.normalized)
+        order = np.lexsort((cand, dist))[:top_k]
+        out_i[r, : order.size] = cand[order]
+        out_d[r, : order.size] = dist[order]
+        width = max(width, order.size)
+    return SearchResult(out_i[:, :width], out_d[:, :width])
+
+
+def _distances(rows: np.ndarray, probe: np.ndarray, metric: str, normalized: bool) -> np.ndarray:
+    """float64 distances of one probe to (k, D) float64 rows; stored rows of a normalised store count as unit."""
+    dots = rows @ probe
+    if metric == "cosine":
+        dots /= max(float(np.sqrt(probe @ probe)), 1e-12)
+        if not normalized:
+            dots /= np.maximum(np.sqrt(np.einsum("ij,ij->i", rows, rows)), 1e-12)
+        return np.maximum(1.0 - dots, 0.0)  # rounding can push identical vectors a hair below 0
+    sq = 1.0 if normalized else np.einsum("ij,ij->i", rows, rows)
+    return np.sqrt(np.maximum(float(probe @ probe) - 2.0 * dots + sq, 0.0))
+
+
 def ranked_results(store: FeatureStore, result: SearchResult, resolve: bool = True) -> List[List[Dict[str, Any]]]:
     """Per probe, ``[{"rank", "path", "distance", "pid", "camid"}, ...]`` (pid/camid None when unknown).
 
     ``resolve=True`` gives absolute paths (joined to the store's root); otherwise paths as stored.
     """
     flat = result.indices.reshape(-1)
-    paths = store.paths_at(flat) if flat.size else []
+    paths = store.paths_at(flat.tolist()) if flat.size else []
     pids = store.pids
     camids = store.camids
     out: List[List[Dict[str, Any]]] = []
@@ -297,4 +355,4 @@ def ranked_results(store: FeatureStore, result: SearchResult, resolve: bool = Tr
     return out
 
 
-__all__ = ["METRICS", "GalleryIndex", "SearchResult", "ranked_results", "search"]
+__all__ = ["METRICS", "GalleryIndex", "SearchResult", "ranked_results", "rescore", "search"]

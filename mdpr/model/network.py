@@ -1,6 +1,7 @@
-"""The MDPR network: a shared ResNet stem, a Hard Content Branch, a Soft Content Branch, fusion and predictors.
+"""The MDPR network: a shared stem, a Hard Content Branch, a Soft Content Branch, fusion and predictors.
 
-Shapes for the paper's setting (ResNet-50-IBN, 384x192 input, E = 512, 2 parts, 2 attention maps)::
+The backbone comes from a registered family (:mod:`mdpr.model.backbone`, ``model.backbone``): its stem is shared,
+its two stages are copied into each branch as ``layer3`` and ``layer4``. Shapes for the paper's setting (ResNet-50-IBN, 384x192 input, E = 512, 2 parts, 2 attention maps)::
 
     images (N,3,384,192) 0..255 -> normalised
     stem: conv1..layer2                                  -> (N,512,48,24)
@@ -23,14 +24,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union, cast
 
 import torch
 from torch import nn
 
 from mdpr.config import InputConfig, ModelConfig
 from mdpr.errors import MdprError
-from mdpr.model.backbone import ResNet, check_depth, stage_channels
+from mdpr.model.backbone import Backbone, build_backbone, get_backbone_family
 from mdpr.model.heads import CLASSIFIERS, EmbeddingHead, HeadOutput
 from mdpr.model.layers import (
     AttentionConv,
@@ -42,6 +43,9 @@ from mdpr.model.layers import (
     attention_softmax,
 )
 
+if TYPE_CHECKING:
+    from mdpr.model.loading import LoadReport
+
 BRANCHES = ("both", "hard", "soft")
 
 
@@ -52,7 +56,9 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     ``distillation`` become False; "hard" also has no attention, so ``attention_guidance`` becomes False.
     """
     cfg = copy.deepcopy(cfg)
-    check_depth(cfg.depth)
+    family = get_backbone_family(cfg.backbone)
+    if family.validate is not None:
+        family.validate(cfg)
     if cfg.branches not in BRANCHES:
         raise MdprError(f"Unknown model.branches '{cfg.branches}'; use one of {', '.join(BRANCHES)}.")
     if cfg.classifier not in CLASSIFIERS:
@@ -62,9 +68,6 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
             raise MdprError(f"model.{name} must be at least 1, got {getattr(cfg, name)}.")
     if cfg.num_classes < 0:
         raise MdprError(f"model.num_classes must be >= 0 (0 = no classifier), got {cfg.num_classes}.")
-    if cfg.last_stride != 1:
-        raise MdprError(f"model.last_stride must be 1 for MDPR (layer3 and layer4 maps are fused at the same "
-                        f"resolution), got {cfg.last_stride}.")
     if cfg.branches != "both":
         cfg.fusion = False
         cfg.distillation = False
@@ -112,19 +115,6 @@ class MDPROutputs:
     cls_margin: float = 0.35
 
 
-class Stem(nn.Module):
-    """Shared part of the backbone: conv1, bn1, ReLU, max-pool, layer1, layer2."""
-
-    def __init__(self, resnet: ResNet) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer2(self.layer1(x))
-
-
 def _split_parts(feature_map: torch.Tensor, num_parts: int) -> Tuple[torch.Tensor, ...]:
     parts = torch.chunk(feature_map, num_parts, dim=2)  # horizontal stripes, top to bottom (as the official code)
     if len(parts) != num_parts:
@@ -136,17 +126,18 @@ def _split_parts(feature_map: torch.Tensor, num_parts: int) -> Tuple[torch.Tenso
 class HardBranch(nn.Module):
     """Hard Content Branch: own layer3+layer4, a global embedding and uniform horizontal part embeddings."""
 
-    def __init__(self, resnet: ResNet, cfg: ModelConfig) -> None:
+    def __init__(self, backbone: Backbone, cfg: ModelConfig) -> None:
         super().__init__()
-        channels = stage_channels(cfg.depth)[3]
-        head = dict(num_classes=cfg.num_classes, classifier=cfg.classifier)
+        channels = backbone.channels[1]
+        classes, kind = cfg.num_classes, cfg.classifier
         self.num_parts = cfg.num_parts
-        self.layer3 = copy.deepcopy(resnet.layer3)
-        self.layer4 = copy.deepcopy(resnet.layer4)
+        self.layer3 = copy.deepcopy(backbone.stages[0])
+        self.layer4 = copy.deepcopy(backbone.stages[1])
         self.global_embedding = Embedding(channels, cfg.embedding_dim)
         self.part_embeddings = nn.ModuleList(Embedding(channels, cfg.embedding_dim) for _ in range(cfg.num_parts))
-        self.global_head = EmbeddingHead(cfg.embedding_dim, **head)
-        self.part_heads = nn.ModuleList(EmbeddingHead(cfg.embedding_dim, **head) for _ in range(cfg.num_parts))
+        self.global_head = EmbeddingHead(cfg.embedding_dim, classes, classifier=kind)
+        self.part_heads = nn.ModuleList(EmbeddingHead(cfg.embedding_dim, classes, classifier=kind)
+                                        for _ in range(cfg.num_parts))
 
     def forward(self, shared: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Embedded global map (N,E,h,w) and part maps [(N,E,h/P,w)] * P."""
@@ -158,15 +149,15 @@ class HardBranch(nn.Module):
 class SoftBranch(nn.Module):
     """Soft Content Branch: own layer3+layer4, layer3/layer4 embeddings, attention maps and bilinear attention pooling."""
 
-    def __init__(self, resnet: ResNet, cfg: ModelConfig) -> None:
+    def __init__(self, backbone: Backbone, cfg: ModelConfig) -> None:
         super().__init__()
-        channels3, channels4 = stage_channels(cfg.depth)[2:]
-        head = dict(num_classes=cfg.num_classes, classifier=cfg.classifier)
+        channels3, channels4 = backbone.channels
+        classes, kind = cfg.num_classes, cfg.classifier
         dim = cfg.embedding_dim
         self.num_attention = cfg.num_attention
         maps = cfg.num_attention + 1  # + background
-        self.layer3 = copy.deepcopy(resnet.layer3)
-        self.layer4 = copy.deepcopy(resnet.layer4)
+        self.layer3 = copy.deepcopy(backbone.stages[0])
+        self.layer4 = copy.deepcopy(backbone.stages[1])
         self.layer4_embedding = Embedding(channels4, dim)
         self.layer3_refine = Embedding(channels3, channels3)
         self.layer3_embedding = Embedding(channels3, dim)
@@ -175,10 +166,10 @@ class SoftBranch(nn.Module):
         self.layer3_attention = AttentionConv(channels3 + (maps if cfg.attention_guidance else 0), maps)
         self.layer3_bap = BilinearAttentionPooling(channels3, cfg.num_attention, dim)
         self.layer4_bap = BilinearAttentionPooling(channels4, cfg.num_attention, dim)
-        self.layer4_head = EmbeddingHead(dim, **head)
-        self.layer3_head = EmbeddingHead(dim, **head)
-        self.layer4_bap_head = EmbeddingHead(dim * cfg.num_attention, pool=False, **head)
-        self.layer3_bap_head = EmbeddingHead(dim * cfg.num_attention, pool=False, **head)
+        self.layer4_head = EmbeddingHead(dim, classes, classifier=kind)
+        self.layer3_head = EmbeddingHead(dim, classes, classifier=kind)
+        self.layer4_bap_head = EmbeddingHead(dim * cfg.num_attention, classes, pool=False, classifier=kind)
+        self.layer3_bap_head = EmbeddingHead(dim * cfg.num_attention, classes, pool=False, classifier=kind)
 
     def forward(self, shared: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Backbone maps and embedded maps (no attention; see :meth:`attention`)."""
@@ -203,8 +194,8 @@ class SoftBranch(nn.Module):
         attention3 = attention_softmax(logits3, self.num_attention)
         pooled4, parts4 = self.layer4_bap(attention4, maps["layer4"])
         pooled3, parts3 = self.layer3_bap(attention3, maps["layer3_refined"])
-        return (AttentionOutput(self.layer4_bap_head(pooled4), attention4, parts4),
-                AttentionOutput(self.layer3_bap_head(pooled3), attention3, parts3))
+        return (AttentionOutput(self.layer4_bap_head.forward_train(pooled4), attention4, parts4),
+                AttentionOutput(self.layer3_bap_head.forward_train(pooled3), attention3, parts3))
 
 
 class MDPR(nn.Module):
@@ -213,21 +204,33 @@ class MDPR(nn.Module):
     Input: float images (N, 3, H, W), RGB, 0..255; the model normalises them itself (never in place).
     Eval mode: returns the (N, :attr:`feature_dim`) concatenated feature (not L2-normalised).
     Training mode: returns :class:`MDPROutputs` for :class:`mdpr.losses.MDPRLoss`.
+    :meth:`forward_features` and :meth:`forward_train` are the two paths with their precise types.
     """
+
+    #: set by :func:`mdpr.model.build_model` / :func:`mdpr.model.load_model`: what the initialisation or the
+    #: checkpoint could not fill, and the class list a checkpoint was trained on
+    pretrained_report: Optional[LoadReport] = None
+    load_report: Optional[LoadReport] = None
+    classes: Optional[List[Any]] = None
+
+    #: MDPR's own names of a backbone's three parts: the stem, and each branch's copies of the two stages
+    STAGE_NAMES = ("layer3", "layer4")
 
     def __init__(self, cfg: ModelConfig, input_cfg: Optional[InputConfig] = None) -> None:
         super().__init__()
         cfg = resolve_model_config(cfg)
         input_cfg = input_cfg or InputConfig()
         self.config = cfg
+        self.pixel_mean: torch.Tensor
+        self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor(input_cfg.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(input_cfg.pixel_std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
-        resnet = ResNet(cfg.depth, cfg.ibn, cfg.last_stride)
-        self.stem = Stem(resnet)
-        self.hard_branch = HardBranch(resnet, cfg) if cfg.branches in ("both", "hard") else None
-        self.soft_branch = SoftBranch(resnet, cfg) if cfg.branches in ("both", "soft") else None
+        backbone = build_backbone(cfg)
+        self.stem = backbone.stem
+        self.hard_branch = HardBranch(backbone, cfg) if cfg.branches in ("both", "hard") else None
+        self.soft_branch = SoftBranch(backbone, cfg) if cfg.branches in ("both", "soft") else None
         self.fusion = Fusion(cfg.embedding_dim) if cfg.fusion else None
         self.fusion_head = (EmbeddingHead(4 * cfg.embedding_dim, cfg.num_classes, classifier=cfg.classifier)
                             if cfg.fusion else None)
@@ -235,6 +238,15 @@ class MDPR(nn.Module):
                            if cfg.distillation else None)
 
     # ------------------------------------------------------------------ description
+    def backbone_prefixes(self) -> List[Tuple[int, str]]:
+        """``(part, state-dict prefix)`` of every backbone copy in this model: part 0 is the stem (``"stem."``),
+        1 and 2 the branches' layer3 and layer4 (``"hard_branch.layer3."`` ...), in this order."""
+        pairs = [(0, "stem.")]
+        for branch in ("hard_branch", "soft_branch"):
+            if getattr(self, branch) is not None:
+                pairs += [(i, f"{branch}.{name}.") for i, name in enumerate(self.STAGE_NAMES, start=1)]
+        return pairs
+
     @property
     def feature_layout(self) -> List[Tuple[str, int]]:
         """``[(name, dim), ...]`` of the eval feature's blocks, in concatenation order."""
@@ -261,49 +273,62 @@ class MDPR(nn.Module):
         std = self.pixel_std.to(images.dtype) if images.is_floating_point() else self.pixel_std
         return (images - mean) / std
 
-    def forward(self, images: torch.Tensor):
-        if self.training and images.shape[0] < 2:
+    def _maps(self, images: torch.Tensor) -> Tuple[Optional[Tuple[torch.Tensor, List[torch.Tensor]]],
+                                                   Optional[Dict[str, torch.Tensor]], Optional[torch.Tensor]]:
+        """The embedded maps both paths share: (hard global, hard parts), the soft branch's maps, the fused map."""
+        shared = self.stem(self.normalize(images))
+        hard = self.hard_branch(shared) if self.hard_branch is not None else None
+        soft = self.soft_branch(shared) if self.soft_branch is not None else None
+        fused = None
+        if self.fusion is not None and hard is not None and soft is not None:
+            fused = self.fusion(hard[0], hard[1], soft["layer4_embedded"], soft["layer3_embedded"])
+        return hard, soft, fused
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The eval feature (N, :attr:`feature_dim`), with BatchNorm in the current mode (call ``eval()`` first)."""
+        hard, soft, fused = self._maps(images)
+        # the attention / bilinear-pooling path never reaches the eval feature, so it is skipped here
+        feats: List[torch.Tensor] = []
+        if self.hard_branch is not None and hard is not None:
+            feats.append(self.hard_branch.global_head.embed(hard[0]))
+            feats += [head.embed(p) for head, p in zip(self._part_heads(), hard[1])]
+        if self.soft_branch is not None and soft is not None:
+            feats += [self.soft_branch.layer4_head.embed(soft["layer4_embedded"]),
+                      self.soft_branch.layer3_head.embed(soft["layer3_embedded"])]
+        if self.fusion_head is not None and fused is not None:
+            feats.append(self.fusion_head.embed(fused))
+        return torch.cat(feats, dim=1)
+
+    def forward_train(self, images: torch.Tensor) -> MDPROutputs:
+        """Every head's features and logits, the attention outputs and the distillation inputs, for the losses."""
+        if images.shape[0] < 2:
             raise MdprError("Training MDPR needs at least 2 images per batch (BatchNorm and the triplet loss use "
                             "batch statistics); use a larger batch or call model.eval() for inference.")
-        shared = self.stem(self.normalize(images))
-        hard_global = hard_parts = soft = None
-        if self.hard_branch is not None:
-            hard_global, hard_parts = self.hard_branch(shared)
-        if self.soft_branch is not None:
-            soft = self.soft_branch(shared)
-        fused = None
-        if self.fusion is not None:
-            fused = self.fusion(hard_global, hard_parts, soft["layer4_embedded"], soft["layer3_embedded"])
-
-        if not self.training:
-            # the attention / bilinear-pooling path never reaches the eval feature, so it is skipped here
-            feats = []
-            if self.hard_branch is not None:
-                feats.append(self.hard_branch.global_head(hard_global))
-                feats += [head(p) for head, p in zip(self.hard_branch.part_heads, hard_parts)]
-            if soft is not None:
-                feats += [self.soft_branch.layer4_head(soft["layer4_embedded"]),
-                          self.soft_branch.layer3_head(soft["layer3_embedded"])]
-            if fused is not None:
-                feats.append(self.fusion_head(fused))
-            return torch.cat(feats, dim=1)
-
+        hard, soft, fused = self._maps(images)
         out = MDPROutputs(classifier=self.config.classifier, cls_scale=self.config.cls_scale,
                           cls_margin=self.config.cls_margin)
-        if self.hard_branch is not None:
-            out.hard_global = self.hard_branch.global_head(hard_global)
-            out.hard_parts = [head(p) for head, p in zip(self.hard_branch.part_heads, hard_parts)]
-        if soft is not None:
-            out.soft_layer4 = self.soft_branch.layer4_head(soft["layer4_embedded"])
+        if self.hard_branch is not None and hard is not None:
+            out.hard_global = self.hard_branch.global_head.forward_train(hard[0])
+            out.hard_parts = [head.forward_train(p) for head, p in zip(self._part_heads(), hard[1])]
+        if self.soft_branch is not None and soft is not None:
+            out.soft_layer4 = self.soft_branch.layer4_head.forward_train(soft["layer4_embedded"])
             out.attention_layer4, out.attention_layer3 = self.soft_branch.attention(soft)
-            out.soft_layer3 = self.soft_branch.layer3_head(soft["layer3_embedded"])
-        if fused is not None:
-            out.fusion = self.fusion_head(fused)
-        if self.predictors is not None:
+            out.soft_layer3 = self.soft_branch.layer3_head.forward_train(soft["layer3_embedded"])
+        if self.fusion_head is not None and fused is not None:
+            out.fusion = self.fusion_head.forward_train(fused)
+        if self.predictors is not None and out.hard_global is not None and out.soft_layer4 is not None:
             z_hard, z_soft = out.hard_global.features, out.soft_layer4.features
             out.distillation = DistillationOutput(z_hard, z_soft, self.predictors["hard"](z_hard),
                                                   self.predictors["soft"](z_soft))
         return out
+
+    def forward(self, images: torch.Tensor) -> Union[torch.Tensor, MDPROutputs]:
+        """:meth:`forward_train` in training mode, :meth:`forward_features` in eval mode."""
+        return self.forward_train(images) if self.training else self.forward_features(images)
+
+    def _part_heads(self) -> List[EmbeddingHead]:
+        assert self.hard_branch is not None
+        return cast(List[EmbeddingHead], list(self.hard_branch.part_heads))
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:

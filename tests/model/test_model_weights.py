@@ -16,16 +16,11 @@ import torchvision
 from mdpr.config import Config, ModelConfig
 from mdpr.errors import MdprError
 from mdpr.model import MDPR, build_model, load_model, save_checkpoint, state_dict_fingerprint
-from mdpr.model.backbone import ResNet
-from mdpr.model.weights import (
-    infer_model_config,
-    official_to_ours,
-    ours_to_official,
-    read_checkpoint,
-    to_official_state_dict,
-)
+from mdpr.model.formats import official_to_ours, ours_to_official, to_official_state_dict
+from mdpr.model.loading import infer_model_config, read_checkpoint
+from mdpr.model.resnet import ResNet
 
-ORACLE_KEYS = Path(__file__).parent / "data" / "oracle_r50" / "keys.json"
+ORACLE_KEYS = Path(__file__).parents[1] / "data" / "oracle_r50" / "keys.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -218,7 +213,7 @@ def test_checkpoint_without_tensors_or_unknown_keys_is_reported(tmp_path):
     with pytest.raises(MdprError, match="no state dict"):
         load_model(path)
     torch.save({"model": {"linear.weight": torch.zeros(2, 2)}}, path)
-    with pytest.raises(MdprError, match="neither an MDPR checkpoint nor a ResNet"):
+    with pytest.raises(MdprError, match="neither an MDPR checkpoint nor a backbone"):
         load_model(path)
     with pytest.raises(MdprError, match="does not exist"):
         load_model(tmp_path / "missing.pth")

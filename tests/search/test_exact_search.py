@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mdpr.search as search_mod
+import mdpr.search.exact as search_mod
 from mdpr.errors import MdprError
 from mdpr.search import GalleryIndex, ranked_results, search
 from mdpr.store import FeatureStore, StoreMeta, write_store

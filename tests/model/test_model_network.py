@@ -224,7 +224,7 @@ def test_config_is_not_mutated_and_resolved_copy_is_kept():
 
 
 def test_model_code_is_device_agnostic():
-    root = Path(__file__).resolve().parents[1] / "mdpr"
+    root = Path(__file__).resolve().parents[2] / "mdpr"
     offenders = [str(p) for p in [*root.joinpath("model").glob("*.py"), root / "losses.py"]
                  if ".cuda(" in p.read_text()]
     assert offenders == []

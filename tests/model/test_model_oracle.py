@@ -18,7 +18,7 @@ from mdpr.config import LossConfig
 from mdpr.losses import MDPRLoss
 from mdpr.model import load_model
 
-ORACLE_DIR = Path(__file__).parent / "data" / "oracle_r50"
+ORACLE_DIR = Path(__file__).parents[1] / "data" / "oracle_r50"
 FEATURE_REL_MAX_TOL = 1e-3
 FEATURE_MIN_COS = 0.99999
 LOSS_RTOL, LOSS_ATOL = 5e-4, 1e-4

@@ -1,0 +1,216 @@
+"""Search at scale: a faiss index beside the store against exact search, on clustered ReID-like features.
+
+Features: identities of about 20 crops each; identity centres drawn from an anisotropic Gaussian (the
+energy of real ReID embeddings sits in a few hundred directions), crops = centre + camera offset + noise,
+L2-normalised, stored float16 like ``mdpr extract --half``; probes are new crops of stored identities.
+
+1. in-memory -- ``rows`` (1M) x 512: ``mdpr.workflows.index.build_index(kind="auto")`` (HNSW at this size),
+   then per-probe latency of ``Index.search`` (shortlist rescored exactly from the store) against exact
+   search of a float32 ``GalleryIndex`` in memory, interleaved; recall@10 against exact on probes.
+   Targets: recall@10 >= 0.95 at >= 20x lower latency; index memory reported.
+2. on-disk -- ``big_rows`` (5M) x 512 built from the on-disk store (IVF-PQ at this size) in a child process
+   whose peak RSS is reported; recall@10 >= 0.90 and per-probe latency <= 20 ms against exact search of
+   the store on disk.
+
+Each build runs in its own process (peak RSS = ``ru_maxrss`` of that process). Stores are cached in
+``--work`` between runs.
+
+    python benchmarks/index_speed.py --quick                 # small sizes, well under a minute
+    python benchmarks/index_speed.py --parts memory          # 1M x 512
+    python benchmarks/index_speed.py --parts disk --work /data/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+from timing import interleaved
+
+ROOT = Path(__file__).resolve().parents[1]
+CROPS_PER_ID = 20
+CAMERAS = 6
+
+
+def med(values: List[float]) -> float:
+    return float(statistics.median(values))
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+class ReidLike:
+    """Deterministic generator of clustered ReID-like rows (any range of rows, without holding them all)."""
+
+    def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9) -> None:
+        rng = np.random.default_rng(seed)
+        self.dim, self.seed, self.noise = dim, seed, noise
+        ids = max(1, rows // CROPS_PER_ID)
+        self.spectrum = np.arange(1, dim + 1, dtype=np.float32) ** -0.35  # about 150 effective dimensions
+        centres = rng.standard_normal((ids, dim), dtype=np.float32) * self.spectrum
+        self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        cams = rng.standard_normal((CAMERAS, dim), dtype=np.float32) * self.spectrum
+        self.cameras = 0.35 * cams / np.linalg.norm(cams, axis=1, keepdims=True)
+
+    def rows(self, start: int, stop: int, salt: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, start, salt])
+        ids = np.arange(start, stop) // CROPS_PER_ID % len(self.centres)
+        cams = rng.integers(0, CAMERAS, stop - start)
+        noise = rng.standard_normal((stop - start, self.dim), dtype=np.float32) * self.spectrum
+        # crops differ in quality (blur, occlusion, pose): the noise's size varies from crop to crop
+        scale = rng.uniform(0.3, 1.0, (stop - start, 1)).astype(np.float32) * self.noise
+        noise *= scale / np.linalg.norm(noise, axis=1, keepdims=True)
+        x = self.centres[ids] + self.cameras[cams] + noise
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def probes(self, count: int, rows: int) -> np.ndarray:
+        """New crops of stored identities (rows of the generator with other noise)."""
+        rng = np.random.default_rng(self.seed + 7)
+        picks = rng.choice(rows, size=count, replace=False)
+        return np.concatenate([self.rows(int(r), int(r) + 1, salt=1) for r in picks])
+
+
+def make_store(path: Path, rows: int, dim: int) -> None:
+    """Write the store batch by batch through StoreWriter (bounded memory), unless a complete one is cached."""
+    from mdpr.store import FeatureStore, StoreMeta, StoreWriter
+
+    if path.exists():
+        with FeatureStore.open(path) as store:
+            if len(store) == rows and store.dim == dim and not store.has_pending_journal:
+                return
+        path.unlink()
+    gen = ReidLike(rows, dim)
+    meta = StoreMeta(dim=dim, dtype="float16", fingerprint="bench", normalized=True)
+    step = 1 << 16
+    with StoreWriter(path, meta, checkpoint_interval=1e9) as writer:
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            ids = np.arange(start, stop) // CROPS_PER_ID
+            writer.add(gen.rows(start, stop), [f"{i // CROPS_PER_ID:07d}/{i:09d}.jpg" for i in range(start, stop)],
+                       pids=ids.tolist(), camids=(np.arange(start, stop) % CAMERAS).tolist())
+
+
+def build_in_child(store: Path, kind: str, extra: Dict[str, Any]) -> Dict[str, Any]:
+    """Build the index in a child process; its result plus the child's peak RSS."""
+    code = (
+        "import json, resource, sys; from mdpr.workflows.index import build_index; "
+        f"r = build_index({str(store)!r}, {kind!r}, **{extra!r}); "
+        "out = r.to_json(); out['peak_rss_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; "
+        "print(json.dumps(out))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"index build failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    return float(np.mean([len(np.intersect1d(f[:k], t[:k])) / k for f, t in zip(found, truth)]))
+
+
+def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
+    from mdpr.search import GalleryIndex, open_index, search
+    from mdpr.store import FeatureStore
+
+    rows = args.rows if part == "memory" else args.big_rows
+    path = work / f"reid_{rows}x{args.dim}.h5"
+    t0 = time.perf_counter()
+    make_store(path, rows, args.dim)
+    made = time.perf_counter() - t0
+    built = build_in_child(path, args.kind, {"threads": args.threads} if args.threads else {})
+    probes = ReidLike(rows, args.dim).probes(args.probes, rows)
+    out: Dict[str, Any] = {"part": part, "rows": rows, "dim": args.dim, "store_seconds": round(made, 1),
+                           "kind": built["kind"], "reason": built["reason"], "build_seconds": built["seconds"],
+                           "build_peak_rss_gb": round(built["peak_rss_bytes"] / 1e9, 2),
+                           "index_memory_gb": round(built["memory_bytes"] / 1e9, 3),
+                           "build_recall": built["recall"], "settings": built["settings"], "params": built["params"]}
+    with FeatureStore.open(path) as store:
+        index, note = open_index(store, "auto")
+        out["note"] = note
+        exact_gallery: Any = GalleryIndex.from_store(store) if part == "memory" else store
+        truth = search(exact_gallery, probes, top_k=10).indices
+        found = index.search(probes, top_k=10).indices
+        out["probe_recall_at_10"] = round(recall_at(found, truth, 10), 4)
+        one = [probes[i : i + 1] for i in range(len(probes))]
+        counter = {"index": 0, "exact": 0}
+
+        def by_index() -> None:
+            index.search(one[counter["index"] % len(one)], top_k=10)
+            counter["index"] += 1
+
+        def by_exact() -> None:
+            search(exact_gallery, one[counter["exact"] % len(one)], top_k=10)
+            counter["exact"] += 1
+
+        # The index is timed on many probes per exact probe (its latency is ~100x smaller): rounds of
+        # `ratio` index probes and one exact probe, interleaved.
+        batch = max(1, args.batch)
+
+        def index_batch() -> None:
+            for _ in range(batch):
+                by_index()
+
+        times = interleaved({"index": index_batch, "exact": by_exact}, repeats=args.repeats)
+        out["index_ms_per_probe"] = round(1000 * med(times["index"]) / batch, 3)
+        out["exact_ms_per_probe"] = round(1000 * med(times["exact"]), 2)
+        out["speedup"] = round(out["exact_ms_per_probe"] / out["index_ms_per_probe"], 1)
+        out["exact_in"] = "memory (float32 GalleryIndex)" if part == "memory" else "the store on disk (float16)"
+    out["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="memory,disk", help="memory (1M in memory), disk (5M on disk)")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--big-rows", type=int, default=5_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--kind", default="auto")
+    parser.add_argument("--probes", type=int, default=200, help="probes for recall and latency")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
+    parser.add_argument("--batch", type=int, default=20, help="index probes per timing round")
+    parser.add_argument("--threads", type=int, default=None, help="faiss threads for the build")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the stores (cached between runs)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.big_rows, args.dim, args.probes, args.repeats, args.batch = 20_000, 30_000, 64, 40, 3, 5
+        args.kind = "ivfpq" if args.kind == "auto" else args.kind  # auto keeps exact search below 1M rows
+    work = args.work or Path(tempfile.mkdtemp(prefix="mdpr-index-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"machine": f"{platform.machine()} {os.cpu_count()} cores, load {load()}", "python": platform.python_version(),
+               "parts": [bench(args, work, part) for part in args.parts.split(",") if part]}
+    results["load_after"] = load()
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(results["machine"])
+    for r in results["parts"]:
+        print(f"\n{r['part']}: {r['rows']:,} x {r['dim']}, {r['kind']} ({r['reason']})")
+        print(f"  build {r['build_seconds']:.1f} s, peak RSS {r['build_peak_rss_gb']} GB, index memory "
+              f"{r['index_memory_gb']} GB, settings {r['settings']}")
+        print(f"  recall@10 on new probes {r['probe_recall_at_10']}, measured at build {r['build_recall']}")
+        print(f"  per probe: index {r['index_ms_per_probe']} ms, exact in {r['exact_in']} {r['exact_ms_per_probe']} ms "
+              f"= {r['speedup']}x")
+    print(f"\nload after: {results['load_after']}")
+
+
+if __name__ == "__main__":
+    main()
