@@ -142,7 +142,9 @@ def main(argv: Any = None) -> int:
     for name in args.models.split(","):
         for text in args.sizes.split(","):
             h, w = (int(v) for v in text.lower().split("x"))
-            rows.extend(measure(name.strip(), (h, w), args.batch, args.repeats, threads))
+            done = measure(name.strip(), (h, w), args.batch, args.repeats, threads)
+            rows.extend(done)
+            print(json.dumps(done), file=sys.stderr, flush=True)  # partial results of a long run
     result = {"date": datetime.date.today().isoformat(), "machine": machine, "batch": args.batch,
               "repeats": args.repeats, "rows": rows}
     if args.json:
