@@ -22,6 +22,7 @@ from mdpr.config import Config, InputConfig
 from mdpr.data.images import ImageReadError, load_rgb
 from mdpr.data.sampler import PKBatchSampler, ProcessStep, Slot
 from mdpr.data.transforms import PatchPool, RandomPatch, TrainTransform, build_test_transform
+from mdpr.runtime import cap_num_workers
 
 PathLike = Union[str, Path]
 
@@ -280,7 +281,7 @@ def build_train_loader(
     dataset = TrainImageDataset(paths, pids, camids, TrainTransform(cfg.input), cfg.input.pixel_mean)
     patch = (RandomPatch(cfg.input.random_patch_prob, cfg.input.random_patch_pool, cfg.input.random_patch_min_pool)
              if cfg.input.random_patch_prob > 0 else None)
-    workers = max(0, int(cfg.dataloader.num_workers))
+    workers = cap_num_workers(cfg.dataloader.num_workers)  # more than the usable cores only queue for them
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
