@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own MDPR_HOME so that registrations never leak."""
+"""Shared fixtures: every test gets its own MDPR_HOME (registrations, runs, stores) and its own torch hub cache
+(backbone initialisation files), so that nothing leaks between tests or from the user's machine."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ DATA_DIR = Path(__file__).parent / "data"
 def mdpr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("mdpr-home")
     monkeypatch.setenv("MDPR_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     return home
 
 

@@ -32,8 +32,69 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool) -> Console:
+    """Rich consoles that wrap at the terminal's width, and not at all (no 80-column folding of paths and
+    messages) when the output is a file, a pipe or a CI log."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return Console(stderr=stderr) if terminal else Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+def _readable_type(label: Optional[str]) -> Optional[str]:
+    """typer 0.2x shows its internal type names (``<bool>``, ``<list[Path]>``, ``<int range>``); show what a user
+    types instead: nothing for flags, PATH, INTEGER, NUMBER, TEXT, choices as ``a|b``, lists with ``...``."""
+    if not label:
+        return label
+    text = label[1:-1] if label.startswith("<") and label.endswith(">") else label
+    words = {"bool": "", "path": "PATH", "Path": "PATH", "file": "FILE", "directory": "DIR", "int": "INTEGER",
+             "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER", "str": "TEXT"}
+    if text.startswith("list[") and text.endswith("]"):
+        inner = _readable_type(text[5:-1]) or "VALUE"
+        return inner + "..."
+    if "," in text:
+        return ",".join(words.get(part, part) for part in text.split(","))
+    return words.get(text, text)
+
+
+def _patch_typer_help() -> None:
+    """Readable types and usage in every --help (typer's own rendering otherwise; best effort across versions)."""
+    try:
+        from typer import core
+    except ImportError:  # pragma: no cover - very old typer
+        return
+    for cls_name in ("TyperOption", "TyperArgument"):
+        cls = getattr(core, cls_name, None)
+        original = getattr(cls, "display_type_rich", None)
+        if cls is None or original is None or getattr(original, "_mdpr", False):
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, _original: Any = original) -> Optional[str]:
+            if getattr(self, "is_flag", False) and not getattr(self, "metavar", None):
+                return ""
+            return _readable_type(_original(self, ctx))
+
+        display_type_rich._mdpr = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display_type_rich
+    argument = getattr(core, "TyperArgument", None)
+    usage = getattr(argument, "_usage_display_name", None)
+    if argument is not None and usage is not None and not getattr(usage, "_mdpr", False):
+
+        def usage_display_name(self: Any) -> str:
+            name = str(self.display_name_raw).upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        usage_display_name._mdpr = True  # type: ignore[attr-defined]
+        argument._usage_display_name = usage_display_name
+
+
+_patch_typer_help()
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 #: Exit status for a user error (bad input); typer's own usage errors also exit with 2.
 USER_ERROR = 2

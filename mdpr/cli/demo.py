@@ -6,7 +6,9 @@ can list the exact commands that reproduce each step by hand.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -14,34 +16,45 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from mdpr.cli.app import command, console
+from mdpr.cli.app import command, console, print_json
 
 EXAMPLES = (
     "Examples:\n\n"
     "  mdpr demo\n\n"
-    "  mdpr demo --out /tmp/mdpr-demo --device cuda\n\n"
-    "  mdpr demo --out /tmp/tiny --ids 12 --images-per-id 6 --epochs 1 --set input.size_train=[64,32] "
+    "  mdpr demo --output /tmp/mdpr-demo --device cuda\n\n"
+    "  mdpr demo --output /tmp/tiny --ids 12 --images-per-id 6 --epochs 1 --set input.size_train=[64,32] "
     "--set input.size_test=[64,32]\n\n"
-    "Re-running with the same --out reuses the data and continues an interrupted training run."
+    "Re-running with the same --output reuses the data and continues an interrupted training run."
 )
 
 
-@command("demo", flags={"out": "--out", "ids": "--ids"}, help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
+@command("demo", flags={"out": "--output", "ids": "--ids"}, help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
          epilog=EXAMPLES)
 def demo(
-    out: Path = typer.Option(Path("mdpr-demo"), "--out", "-o", help="Folder for every artefact of the demo."),
+    output: Path = typer.Option(Path("mdpr-demo"), "--output", "-o", help="Folder for every artefact of the demo."),
+    out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old name of --output."),
     ids: int = typer.Option(100, "--ids", help="Identities in the synthetic dataset (half train, half test)."),
     images_per_id: int = typer.Option(16, "--images-per-id", help="Images per identity."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the demo-cpu recipe's)."),
-    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
+                                                         "cuda:N or mps."),
     name: str = typer.Option("demo", "--name", help="Name the demo dataset is registered under."),
     overrides: List[str] = typer.Option([], "--set", help="Override a demo-cpu recipe field, e.g. --set solver.base_lr=5e-4."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (metrics, artefacts, commands) on "
+                                                        "stdout; the steps' own output goes to stderr."),
 ) -> None:
     """Prepare the demo data, train the demo-cpu recipe, evaluate, index the gallery and query one probe."""
     from mdpr.workflows.demo import DemoRequest, run_demo
 
-    result = run_demo(DemoRequest(out=out, ids=ids, images_per_id=images_per_id, epochs=epochs, device=device,
-                                  name=name, overrides=list(overrides)), _run_step)
+    request = DemoRequest(out=out or output, ids=ids, images_per_id=images_per_id, epochs=epochs, device=device,
+                          name=name, overrides=list(overrides))
+    if json_out:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_demo(request, _run_step)
+        print_json({"metrics": result.metrics, "artefacts": {what: str(where) for what, where in result.artefacts},
+                    "commands": [["mdpr", *args] for args in result.commands], "seconds": round(result.seconds, 1)})
+        return
+    result = run_demo(request, _run_step)
     _print_summary(result)
 
 

@@ -65,7 +65,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Where to write: a .onnx / .torchscript file or a *_openvino_model folder."),
     format: Optional[Format] = typer.Option(None, "--format", "-f", help="onnx (default), openvino or torchscript."),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Same as --format onnx --output PATH."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", hidden=True, help="Old name: same as --format onnx --output PATH."),
     input_convention: Optional[InputConvention] = typer.Option(
         None, "--input", help="Pixels the graph expects: raw255 (RGB 0..255, default) or imagenet (RGB 0..1, "
                               "ImageNet mean/std)."),

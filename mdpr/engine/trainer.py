@@ -132,6 +132,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.chunks = self.sampler.layout.chunks_per_update  # process steps (x legacy chunks) per update
         self.optimizer = build_optimizer(self.module, self.cfg.solver)
         self.schedule = LRSchedule(self.cfg.solver, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)

@@ -73,7 +73,7 @@ def run_demo(request: DemoRequest, run_step: RunStep) -> DemoResult:
     run_step(1, "Prepare the synthetic dataset", prepare)
     probe = _first_query_image(request.name)
     query = ["query", str(probe), "--gallery", str(store), "--weights", str(weights), "--top-k", "5",
-             "--save", str(picture), "--device", device]
+             "--output", str(picture), "--device", device]
     run_step(2, "Train (demo-cpu recipe)", train_now)
     run_step(3, "Evaluate on query/gallery", evaluate)
     run_step(4, "Index the gallery into an HDF5 feature store", extract)

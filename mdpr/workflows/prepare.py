@@ -68,7 +68,7 @@ def prepare(request: PrepareRequest, progress: Optional[Progress] = None) -> Pre
         notes.append(f"generated the demo in {summary.root}" if summary.generated else f"reused the demo in {summary.root}")
         label = DEMO
     result = prepare_dataset(
-        "market1501" if key == DEMO else key,
+        "market1501" if key == DEMO else request.dataset,  # the name as typed: it may choose a variant
         request.root,
         name=request.name or key,
         options=request.options,

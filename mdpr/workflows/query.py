@@ -24,6 +24,7 @@ class QueryRequest:
     metric: str = "cosine"
     device: str = "auto"
     threads: Optional[int] = None
+    workers: int = 1  #: threads decoding the probe images
     picture: Optional[Path] = None  #: write a ranked-list PNG here
 
 
@@ -52,7 +53,7 @@ class QueryResult:
 
 def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult:
     """Embed the probes with the store's own weights and list the nearest gallery rows."""
-    from mdpr.data.images import decode_image
+    from mdpr.data.images import decode_images
     from mdpr.fileio import check_output_file
     from mdpr.inference import FeatureExtractor, image_files
     from mdpr.runtime import cpu_threads
@@ -68,7 +69,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
             raise MdprError(f"The ranked-list picture is a PNG; give it a .png file name instead of {request.picture}.")
         check_output_file(request.picture, "the ranked-list picture")
     probe_paths = image_files(request.probes, "Probe image")
-    probe_images = [decode_image(p, "Probe image") for p in probe_paths]  # refused before the model loads
+    probe_images = decode_images(probe_paths, "Probe image", request.workers)  # refused before the model loads
     notes: List[str] = []
 
     def say(message: str) -> None:

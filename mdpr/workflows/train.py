@@ -43,6 +43,8 @@ def plan_run(
     eval_period: Optional[int] = None,
     checkpoint_period: Optional[int] = None,
     runs_root: Union[str, Path] = "runs",
+    init: Optional[str] = None,
+    check_init: bool = True,
 ) -> RunPlan:
     """Resolve the choices into a :class:`RunPlan` (one clear MdprError for each bad input).
 
@@ -50,6 +52,10 @@ def plan_run(
     defaults to ``runs/<dataset>-<recipe>-<timestamp>`` and must not already hold a run. Resuming: the
     run directory must hold ``last.pt``; its ``config.yaml`` is the base, ``dataset``, ``epochs``,
     the periods and overrides apply on top (they change the run from there on).
+
+    A new run's backbone initialisation is resolved here (``init``: a named initialisation, a file or "none";
+    default: the recipe's ``model.init``), so that a missing file stops the run before anything starts; the
+    resolved file is recorded as ``model.pretrained`` and named in the notes.
     """
     from mdpr.config import load_config, load_run_config
     from mdpr.data import load_dataset
@@ -92,6 +98,13 @@ def plan_run(
         if (run_dir / LAST).exists():
             raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another "
                             "output.")
+        from mdpr.model.zoo import resolve_init
+
+        choice = resolve_init(init, cfg.model, note=notes.append, verify=check_init)
+        choice.apply(cfg.model)
+        notes.append(choice.line)
+        if choice.warning:
+            notes.append(choice.warning)
     if epochs is not None:
         cfg.solver.max_epochs = epochs
     if eval_period is not None:
@@ -131,6 +144,14 @@ def _train_process(ctx: Any, request: TrainRequest, progress: Optional[ProgressF
     return run_training(ctx, request, progress, training_hooks())
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a run; ``run_dir`` is the directory ``--resume`` continues."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 @dataclass
 class TrainOptions:
     """Everything ``mdpr train`` accepts (see :func:`plan_run` for the planning rules)."""
@@ -146,7 +167,8 @@ class TrainOptions:
     eval_period: Optional[int] = None
     checkpoint_period: Optional[int] = None
     device: str = "auto"
-    weights: Optional[Path] = None  #: initialise from a checkpoint (= ``model.pretrained``)
+    init: Optional[str] = None  #: backbone initialisation: a named one (imagenet, lup_moco_r101), a file or "none"
+    weights: Optional[Path] = None  #: initialise from an mdpr / official MDPR checkpoint (= ``model.pretrained``)
 
 
 @dataclass
@@ -176,13 +198,16 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
         overrides.append(f"model.pretrained={options.weights}")
     plan: RunPlan = share_from_main(launch, lambda: plan_run(
         options.dataset, options.recipe, overrides, options.output, options.resume, options.epochs,
-        options.eval_period, options.checkpoint_period))
+        options.eval_period, options.checkpoint_period, init=options.init))
     if launch.is_main and note is not None:
         for line in plan.notes:
             note(line)
     request = TrainRequest(config=plan.config.to_dict(), run_dir=str(plan.run_dir), resume=plan.resume,
                            device=launch.device)
-    summary = run_planned(launch, _train_process, (request, progress))
+    try:
+        summary = run_planned(launch, _train_process, (request, progress))
+    except KeyboardInterrupt:
+        raise TrainInterrupted(plan.run_dir) from None
     if not launch.is_main:
         return None
     if summary is None:  # spawned workers: rank 0 wrote the summary

@@ -8,7 +8,10 @@ relative to the dataset folder it found. ``demo`` is not a parser: it is generat
 
 from __future__ import annotations
 
-from typing import Dict, List
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from mdpr.data.datasets.base import DatasetSpec, ParsedDataset, PrepareOptions
 from mdpr.data.datasets.cuhk03 import CUHK03
@@ -23,9 +26,53 @@ from mdpr.errors import MdprError
 DATASETS: Dict[str, DatasetSpec] = {
     spec.name: spec for spec in (MARKET1501, DUKEMTMC, MSMT17, CUHK03, SYNERGYREID, FOLDER)
 }
-#: alias -> canonical name
-ALIASES: Dict[str, str] = {alias: spec.name for spec in DATASETS.values() for alias in spec.aliases}
 DEMO = "demo"
+
+
+def compact(name: str) -> str:
+    """The key names are compared by: lower case without separators (``"Market-1501"`` -> ``"market1501"``)."""
+    return re.sub(r"[\s._-]+", "", name.strip().lower())
+
+
+def _variant_aliases() -> Dict[str, Tuple[str, Dict[str, str]]]:
+    """Names that also choose a variant: ``cuhk03-detected``, ``cuhk03-np-labeled``, ``msmt17_v2``, ..."""
+    out: Dict[str, Tuple[str, Dict[str, str]]] = {}
+    for version in ("V1", "V2"):
+        out[f"msmt17_{version.lower()}"] = ("msmt17", {"version": version})
+    protocols = {"new": "new", "np": "new", "classic": "classic"}
+    for variant in ("labeled", "detected"):
+        out[f"cuhk03-{variant}"] = ("cuhk03", {"variant": variant})
+        for word, protocol in protocols.items():
+            both = {"variant": variant, "protocol": protocol}
+            out[f"cuhk03-{word}-{variant}"] = ("cuhk03", both)
+            out[f"cuhk03-{variant}-{word}"] = ("cuhk03", both)
+    for word, protocol in protocols.items():
+        out[f"cuhk03-{word}"] = ("cuhk03", {"protocol": protocol})
+    return out
+
+
+#: alias -> canonical name (``mdpr prepare`` and every ``--dataset`` accept these, in any case)
+ALIASES: Dict[str, str] = {alias: spec.name for spec in DATASETS.values() for alias in spec.aliases}
+#: alias -> (canonical name, the variant it chooses, e.g. ``{"variant": "detected"}``)
+VARIANT_ALIASES: Dict[str, Tuple[str, Dict[str, str]]] = _variant_aliases()
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    """What a user-typed dataset name means: the canonical dataset and the variant the name implies."""
+
+    canonical: str  #: "cuhk03"
+    implied: Tuple[Tuple[str, str], ...] = ()  #: (("variant", "detected"),): manifest options the name fixes
+
+    def implied_options(self) -> Dict[str, str]:
+        return dict(self.implied)
+
+
+_BY_KEY: Dict[str, DatasetName] = {
+    **{compact(name): DatasetName(name) for name in [*DATASETS, DEMO]},
+    **{compact(alias): DatasetName(canonical) for alias, canonical in ALIASES.items()},
+    **{compact(alias): DatasetName(c, tuple(sorted(o.items()))) for alias, (c, o) in VARIANT_ALIASES.items()},
+}
 
 
 def supported_names() -> List[str]:
@@ -33,14 +80,38 @@ def supported_names() -> List[str]:
     return [*DATASETS, DEMO]
 
 
+def known_names() -> List[str]:
+    """Every name a dataset may be called by: canonical names, then aliases, then variant aliases."""
+    return [*supported_names(), *ALIASES, *VARIANT_ALIASES]
+
+
+def resolve_name(name: str) -> Optional[DatasetName]:
+    """``"Market-1501"`` -> ``DatasetName("market1501")``; None for a name no dataset is known by.
+
+    Case and separators do not matter (``DukeMTMC-reID``, ``dukemtmc_reid``, ``MSMT17_V2``).
+    """
+    return _BY_KEY.get(compact(name))
+
+
+def closest_known(name: str) -> Optional[str]:
+    """The canonical name of the dataset whose name (or alias) is closest to ``name``, if any is close."""
+    keys = list(_BY_KEY)
+    match = difflib.get_close_matches(compact(name), keys, n=1, cutoff=0.6)
+    return _BY_KEY[match[0]].canonical if match else None
+
+
 def canonical_name(name: str) -> str:
-    """``"market"`` -> ``"market1501"``; raises :class:`MdprError` listing the supported names."""
-    key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key in DATASETS or key == DEMO:
-        return key
+    """``"market"`` -> ``"market1501"``; raises :class:`MdprError` suggesting the closest supported name."""
+    resolved = resolve_name(name)
+    if resolved is not None:
+        return resolved.canonical
+    close = closest_known(name)
+    hint = f"did you mean {close}? " if close else ""
     aliases = ", ".join(f"{a} = {c}" for a, c in ALIASES.items())
-    raise MdprError(f"Unknown dataset '{name}'; supported: {', '.join(supported_names())} (aliases: {aliases}).")
+    raise MdprError(
+        f"Unknown dataset '{name}'; {hint}Supported: {', '.join(supported_names())} "
+        f"(aliases: {aliases}; variants such as cuhk03-detected, msmt17_v2)."
+    )
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -50,4 +121,18 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[key]
 
 
-__all__ = ["DATASETS", "ALIASES", "DatasetSpec", "ParsedDataset", "PrepareOptions", "canonical_name", "get_spec"]
+__all__ = [
+    "DATASETS",
+    "ALIASES",
+    "VARIANT_ALIASES",
+    "DatasetName",
+    "DatasetSpec",
+    "ParsedDataset",
+    "PrepareOptions",
+    "canonical_name",
+    "closest_known",
+    "compact",
+    "get_spec",
+    "known_names",
+    "resolve_name",
+]

@@ -236,6 +236,8 @@ CUHK03 = DatasetSpec(
     name="cuhk03",
     title="CUHK03",
     parse=parse_cuhk03,
+    aliases=("cuhk",),
+    archives=("cuhk03_release", "cuhk03"),
     options=("variant", "protocol"),
     layout="cuhk03_release/cuhk-03.mat and/or images_{labeled,detected}/, cuhk03_new_protocol_config_{labeled,detected}.mat",
 )
