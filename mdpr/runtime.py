@@ -18,9 +18,6 @@ from mdpr.errors import MdprError
 if TYPE_CHECKING:
     import torch
 
-#: Device names every command accepts (``cuda:N`` too).
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 # ------------------------------------------------------------------------------------------------ CPU
 
@@ -88,11 +85,6 @@ def default_num_workers(device_type: str) -> int:
     if device_type == "cpu":
         return 1 if cpus >= 2 else 0
     return max(1, min(8, cpus - 1))
-
-
-def cap_num_workers(requested: int) -> int:
-    """Data-loader workers capped at the usable cores (more only queue for the same cores)."""
-    return max(0, min(int(requested), usable_cpu_count()))
 
 
 # ------------------------------------------------------------------------------------------------ devices
