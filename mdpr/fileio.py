@@ -58,7 +58,14 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except (RuntimeError, OSError) as exc:
+            if _disk_full(exc) and not (isinstance(exc, OSError) and exc.filename):
+                # torch and HDF5 report a full disk as RuntimeError (or an OSError without the file's name):
+                # one OSError naming the destination, which the CLI turns into one sentence
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+            raise
         # mkstemp creates 0600 files: give the new file the old one's mode, or the umask's default, so that a
         # store or model read by a service running as another user stays readable
         os.chmod(tmp, _mode_for(target))
@@ -69,6 +76,63 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp.unlink()
         raise
     fsync_dir(target.parent)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "errno = 28" in text or "Disk quota exceeded" in text
+
+
+def ensure_free_space(path: PathLike, needed: int, what: str = "the file") -> None:
+    """Raise one sentence when the disk holding ``path`` has less than ``needed`` bytes free.
+
+    Used before writes whose library does not survive a full disk (HDF5 can leave its objects broken, and the
+    interpreter crashes when they are collected): better refuse before writing than fail half-way.
+    """
+    target = Path(path)
+    folder = target.parent if not target.is_dir() else target
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # unknown: let the write itself report
+    if free < needed:
+        raise MdprError(f"Cannot write {what} {target}: it needs about {_megabytes(needed)} but only "
+                        f"{_megabytes(free)} are free on its disk; free some space, then run the same command again "
+                        "(it continues where it stopped).")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{max(n, 0) // 1000} kB"
+
+
+def os_error_sentence(exc: OSError) -> str:
+    """One sentence for an :class:`OSError` met while reading or writing: the path, what the error means, what
+    to do (the CLI's answer to an OS error; ``describe_os_error`` gives the meaning alone)."""
+    meaning = describe_os_error(exc)
+    where = str(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space, then run the same command again (extract and train continue where they stopped)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "choose a writable location (or fix the permissions)"
+    elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):
+        advice = "choose another path"
+    elif exc.errno == errno.ENOENT:
+        advice = "check the path"
+    else:
+        advice = "check the path and the disk"
+    if where:
+        return f"Cannot use {where}: {meaning}; {advice}."
+    return f"A file operation failed: {meaning}; {advice}."
+
+
+#: OS errors that are about the user's files and disks even when the exception names no file.
+USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
 def _mode_for(target: Path) -> int:

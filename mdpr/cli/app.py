@@ -141,6 +141,14 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
                 if debug_enabled():
                     traceback.print_exc()
                 fail(in_flag_terms(str(exc), flags, exc.keys))
+            except OSError as exc:  # a read-only folder, a full disk... met while working: one sentence, the path
+                from mdpr.fileio import USER_OS_ERRORS, os_error_sentence
+
+                if exc.filename is None and exc.errno not in USER_OS_ERRORS:
+                    raise  # not about the user's files: a bug, keep its traceback
+                if debug_enabled():
+                    traceback.print_exc()
+                fail(os_error_sentence(exc))
             except KeyboardInterrupt:
                 err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
                 raise typer.Exit(130) from None

@@ -16,7 +16,7 @@ from mdpr.config import Config
 from mdpr.engine.hooks import HookBase, default_hooks
 from mdpr.engine.trainer import CONFIG, LAST, SUMMARY, ProgressFn, TrainRequest, run_training
 from mdpr.errors import MdprError
-from mdpr.fileio import read_torch_file
+from mdpr.fileio import check_output_folder, read_torch_file
 
 #: Recipe used when ``recipe`` is not given, by the prepared dataset's kind.
 DEFAULT_RECIPES = {"market1501": "market1501", "dukemtmc": "dukemtmc", "synergyreid": "synergyreid", "demo": "demo-cpu"}
@@ -70,6 +70,7 @@ def plan_run(
             )
         if recipe:
             raise MdprError("recipe cannot change a resumed run; use overrides (key=value) for individual settings.")
+        check_output_folder(run_dir, "the run directory")
         config_path = run_dir / CONFIG
         if config_path.is_file():
             cfg = load_run_config(config_path, overrides)
@@ -98,6 +99,7 @@ def plan_run(
         if (run_dir / LAST).exists():
             raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another "
                             "output.")
+        check_output_folder(run_dir, "the run directory")
         from mdpr.model.zoo import resolve_init
 
         choice = resolve_init(init, cfg.model, note=notes.append, verify=check_init)
@@ -190,6 +192,9 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
     from mdpr.engine.distributed import plan_launch, run_planned, share_from_main
 
     launch = plan_launch(options.gpus, options.procs, options.device)
+    from mdpr.data.records import mdpr_home
+
+    check_output_folder(mdpr_home(), "MDPR_HOME")  # the run is recorded there when it ends
     overrides = list(options.overrides)
     if options.weights is not None:
         if not Path(options.weights).is_file():
