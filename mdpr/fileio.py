@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Union
 
@@ -301,3 +302,63 @@ def check_output_folder(path: PathLike, what: str = "the output folder") -> Path
     except OSError as exc:
         raise MdprError(f"Cannot write {what} {target}: {describe_os_error(exc)}; choose another path.") from None
     return target
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class ExclusiveLock:
+    """An advisory lock on ``path`` (created when missing) held by this process only; released by the OS when
+    the process dies, so a killed owner never leaves a stale lock.
+
+    ``flock`` locks belong to the open file description, which a forked child (a DataLoader worker) shares:
+    children close their copy right after the fork, so an orphaned worker never keeps the lock alive.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        _HELD_LOCKS.add(self)
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        _HELD_LOCKS.discard(self)
+
+    def __enter__(self) -> ExclusiveLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+_HELD_LOCKS: weakref.WeakSet[ExclusiveLock] = weakref.WeakSet()
+
+
+def _release_locks_in_child() -> None:
+    for lock in list(_HELD_LOCKS):
+        if lock.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_locks_in_child)
