@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterable, Iterator, List, Tuple, Union
 
 from mdpr.errors import MdprError
 
@@ -47,6 +48,100 @@ def fsync_dir(path: PathLike) -> None:
             os.close(fd)
 
 
+def fsync_files(paths: Iterable[PathLike], workers: int = 16) -> None:
+    """Flush many files' data; concurrent fsyncs share the file system's journal commits (tens of times faster)."""
+    files = list(paths)
+    if len(files) <= 1:
+        for file in files:
+            fsync_file(file)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(files))) as pool:
+        for _ in pool.map(fsync_file, files):  # re-raises the first failure
+            pass
+
+
+def replace_durably(src: PathLike, dst: PathLike) -> None:
+    """Rename the finished file or folder ``src`` over ``dst`` (same file system) so that a crash keeps one of them.
+
+    ``src`` is flushed first (a folder's entries only: its files are flushed by whoever wrote them, e.g. with
+    :func:`fsync_files`), then renamed, then ``dst``'s folder is flushed. A folder replaces only a missing or
+    empty ``dst``.
+    """
+    source = Path(src)
+    if source.is_dir():
+        fsync_dir(source)
+    else:
+        fsync_file(source)
+    os.replace(source, dst)
+    fsync_dir(Path(dst).parent)
+
+
+class AtomicBatch:
+    """Many files written by the module's rule, their flushes grouped (see :func:`atomic_batch`)."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit  #: pending files at which :meth:`commit_if_full` publishes
+        self._pending: List[Tuple[Path, Path]] = []  # (temporary, destination)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def path(self, path: PathLike) -> Path:
+        """A temporary path beside ``path`` for the caller to write the whole file to; published at :meth:`commit`."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        self._pending.append((Path(name), target))
+        return Path(name)
+
+    def commit(self) -> None:
+        """Flush every file written so far, rename each over its destination, then flush their folders."""
+        pending, self._pending = self._pending, []
+        try:
+            # mkstemp creates 0600 files: give each new file the old one's mode, or the umask's default, so that a
+            # store or model read by a service running as another user stays readable
+            for tmp, target in pending:
+                os.chmod(tmp, _mode_for(target))
+            fsync_files([tmp for tmp, _ in pending])
+            for tmp, target in pending:
+                os.replace(tmp, target)
+        except BaseException:
+            self._pending = pending
+            raise
+        for folder in dict.fromkeys(target.parent for _, target in pending):
+            fsync_dir(folder)
+
+    def commit_if_full(self) -> None:
+        """:meth:`commit` once ``limit`` files are pending (an interrupted run keeps what was published)."""
+        if len(self._pending) >= self.limit:
+            self.commit()
+
+    def discard(self) -> None:
+        """Remove the temporary files not yet published."""
+        for tmp, _ in self._pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._pending = []
+
+
+@contextlib.contextmanager
+def atomic_batch(limit: int = 512) -> Iterator[AtomicBatch]:
+    """Yield an :class:`AtomicBatch`: files written to its paths replace their destinations durably when the block
+    ends (or at each :meth:`AtomicBatch.commit`); on error the unpublished temporary files are removed.
+
+    For many small files (archive members, extracted images): one fsync each costs milliseconds, a batch's
+    concurrent fsyncs cost little more than one.
+    """
+    batch = AtomicBatch(limit)
+    try:
+        yield batch
+        batch.commit()
+    except BaseException:
+        batch.discard()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` durably, on error it is removed.
@@ -54,29 +149,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     The caller writes the whole file to the yielded path (``torch.save``, ``h5py.File``, ...).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
     try:
-        try:
-            yield tmp
-        except (RuntimeError, OSError) as exc:
-            if _disk_full(exc) and not (isinstance(exc, OSError) and exc.filename):
-                # torch and HDF5 report a full disk as RuntimeError (or an OSError without the file's name):
-                # one OSError naming the destination, which the CLI turns into one sentence
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
-            raise
-        # mkstemp creates 0600 files: give the new file the old one's mode, or the umask's default, so that a
-        # store or model read by a service running as another user stays readable
-        os.chmod(tmp, _mode_for(target))
-        fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        with atomic_batch() as batch:
+            yield batch.path(path)
+    except (RuntimeError, OSError) as exc:
+        if _disk_full(exc) and not (isinstance(exc, OSError) and exc.filename):
+            # torch and HDF5 report a full disk as RuntimeError (or an OSError without the file's name):
+            # one OSError naming the destination, which the CLI turns into one sentence
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
         raise
-    fsync_dir(target.parent)
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -18,6 +18,8 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from mdpr.fileio import atomic_path
+
 ImageSource = Union[str, Path, Image.Image, None]
 Overlay = Callable[[Image.Image], Image.Image]
 Font = Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]  #: what ``ImageFont.load_default()`` returns
@@ -146,12 +148,20 @@ def _fit(draw: ImageDraw.ImageDraw, font: Font, text: str, width: int) -> str:
     return text + ".."
 
 
+def save_picture(image: Image.Image, path: Union[str, Path]) -> Path:
+    """Save ``image`` atomically in the format Pillow infers from the suffix (PNG, JPEG, ...); returns the path."""
+    out = Path(path)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:  # the temporary file's suffix says nothing: refuse as Pillow would for ``out``
+        raise ValueError(f"unknown file extension: {out.suffix}")
+    with atomic_path(out) as tmp:
+        image.save(tmp, format=fmt)
+    return out
+
+
 def save_ranked_lists(rows: Sequence[RankedRow], path: Union[str, Path], thumb_size: Tuple[int, int] = (128, 64)) -> Path:
     """Draw and save as PNG (or any format Pillow infers from the suffix); returns the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    draw_ranked_lists(rows, thumb_size).save(out)
-    return out
+    return save_picture(draw_ranked_lists(rows, thumb_size), path)
 
 
 __all__ = [
@@ -164,6 +174,7 @@ __all__ = [
     "draw_ranked_lists",
     "match_color",
     "ranked_list_size",
+    "save_picture",
     "save_ranked_lists",
 ]
 

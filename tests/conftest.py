@@ -17,7 +17,20 @@ def mdpr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     home = tmp_path_factory.mktemp("mdpr-home")
     monkeypatch.setenv("MDPR_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    _offline(monkeypatch)
     return home
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never download: the backbone-file downloader behaves as on a machine without network."""
+    import urllib.error
+
+    from mdpr.model import zoo
+
+    def offline(url: str, destination: Path) -> None:
+        raise urllib.error.URLError(OSError(101, "Network is unreachable (tests run offline)"))
+
+    monkeypatch.setattr(zoo, "default_downloader", offline)
 
 
 @pytest.fixture(scope="module")

@@ -172,8 +172,36 @@ def _summary_table(summary: Dict[str, Any]) -> Any:
 
 
 #: Library argument names -> this command's flags, for error messages.
-_FLAGS = {"overrides": "--set", "output": "--output", "recipe": "--recipe", "dataset NAME": "--dataset NAME",
-          "weights": "--weights", "model.init": "--init"}
+_FLAGS = {"gpus N": "--gpus N", "procs N": "--procs N", "overrides key=value": "--set key=value",
+          "output DIR": "--output DIR", "recipe NAME": "--recipe NAME", "dataset NAME": "--dataset NAME",
+          "model.init": "--init"}
+
+
+def _print_plan(plan: Dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"mdpr train --dry-run: {plan['recipe']} on {plan['dataset']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("dataset", f"{plan['dataset']} ({plan['train_images']} images, {plan['train_identities']} identities)"),
+        ("backbone initialisation", str(plan["init"])),
+        ("processes x accumulation steps", f"{plan['processes']} x {plan['accumulation_steps']} on {plan['device']}"),
+        ("global batch", f"{plan['global_batch']} images"),
+        ("per process step", f"{plan['images_per_process_step']} images = {plan['identities_per_process_step']} "
+                             f"identities x {plan['num_instances']}"),
+        ("iterations", f"{plan['iterations_per_epoch']} per epoch x {plan['epochs']} epochs = "
+                       f"{plan['total_iterations']}"),
+        ("warmup", f"{plan['warmup_iterations']} iterations ({100 * plan['warmup_share']:.0f}% of training)"),
+        ("learning rate", f"{plan['lr_first']:.3g} first, {plan['lr_warmup_end']:.3g} at warmup end, "
+                          f"{plan['lr_last']:.3g} last"),
+        ("run directory", plan["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    for note in plan["notes"]:
+        console.print(f"[yellow]note:[/] {escape(in_flag_terms(note, _FLAGS))}", highlight=False)
 
 
 @command("train", flags=_FLAGS, help="Train an MDPR model on a prepared dataset (CPU, GPUs or torchrun; resumable).", epilog=EXAMPLES)
@@ -214,6 +242,8 @@ def train(
         [], "--set", help="Override any config field, e.g. --set solver.base_lr=1e-4 --set model.fusion=false."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object (progress on stderr)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve everything and print the plan (batch layout, "
+                                                          "iterations, learning rates) without training."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
     # OpenMP threads that spin while waiting make CPU training several times slower as soon as other
@@ -228,6 +258,15 @@ def train(
         procs=procs, epochs=epochs, eval_period=eval_period, checkpoint_period=checkpoint_period, device=device,
         init=init, weights=weights,
     )
+    if dry_run:
+        from mdpr.workflows.train import plan_only
+
+        report = plan_only(options)
+        if json_out:
+            print_json(report.to_json())
+        else:
+            _print_plan(report.to_json())
+        return
     try:
         result = train_run(options, progress=reporter,
                            note=lambda line: out.print(f"[yellow]note:[/] {escape(in_flag_terms(line, _FLAGS))}",

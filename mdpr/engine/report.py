@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
+from mdpr.fileio import atomic_path
+
 PathLike = Union[str, Path]
 
 
@@ -215,7 +217,6 @@ def plot_training(records: Sequence[Dict[str, Any]], out_path: PathLike, title: 
         y_range=(0.0, 1.0),
     )
     out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    img.save(tmp, format="PNG")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
     return out

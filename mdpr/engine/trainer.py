@@ -45,6 +45,9 @@ from mdpr.runtime import resolve_device
 ProgressFn = Callable[[Dict[str, Any]], None]
 
 FINAL_MODEL = "model.pt"
+#: After this many steps of the first epoch a CPU run says how long it will take, when that is long.
+_ETA_STEPS = 5
+_SLOW_CPU_RUN_S = 2 * 3600
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 PLOT = "training.png"
@@ -132,6 +135,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.chunks = self.sampler.layout.chunks_per_update  # process steps (x legacy chunks) per update
         self.optimizer = build_optimizer(self.module, self.cfg.solver)
         self.schedule = LRSchedule(self.cfg.solver, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
@@ -144,6 +148,9 @@ class Trainer:
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,
+                # as the official code: each process keeps its own BatchNorm statistics between updates
+                # (rank 0's are the ones saved), instead of rank 0's overwriting them before every forward
+                broadcast_buffers=False,
             )
         else:
             self.model = self.module
@@ -325,6 +332,12 @@ class Trainer:
                     "eta_s": eta,
                 }
                 self.emit(event)
+                if step + 1 == _ETA_STEPS and epoch == self.start_epoch and self.device.type == "cpu" \
+                        and eta > _SLOW_CPU_RUN_S:
+                    self.emit({"event": "warning", "message": (
+                        f"on this CPU the run will take about {eta / 3600:.1f} hours ({self.steps_per_epoch} steps "
+                        f"per epoch at {sec_per_iter:.1f} s each); a GPU runs it far faster, and the demo-cpu recipe "
+                        "(--recipe demo-cpu) trains in minutes on a CPU.")})
                 for hook in self.hooks:
                     hook.after_step(event)
                 log_period = max(1, cfg.train.log_period)

@@ -161,7 +161,7 @@ def export_model(
         model, config = load_checkpoint(Path(weights).expanduser())
     model = model.eval().float()
     if fingerprint is None:
-        from mdpr.model.saving import state_dict_fingerprint
+        from mdpr.model import state_dict_fingerprint
 
         fingerprint = state_dict_fingerprint(model.state_dict())
     from mdpr import __version__

@@ -76,6 +76,9 @@ class FeatureExtractor:
             raise MdprError(f"Weights file {path} does not exist; pass a checkpoint written by `mdpr train`, an "
                             "official MDPR .pth, or a model written by `mdpr export`.")
         exported = is_exported_file(path)
+        if path.suffix.lower() in (".torchscript", ".ts"):
+            raise MdprError(f"{path} is a TorchScript export, which runs with torch.jit.load; FeatureExtractor runs "
+                            "checkpoints (backend torch) and ONNX / OpenVINO exports.")
         if backend is None:
             backend = "torch" if not exported else ("openvino" if path.is_dir() or path.suffix == ".xml" else "onnxruntime")
         check_backend(backend)

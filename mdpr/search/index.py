@@ -52,13 +52,23 @@ def index_dir_for(store_path: PathLike) -> Path:
 def store_stamp(store: FeatureStore) -> str:
     """A version stamp of the store: it changes whenever the store's rows change (added or rewritten).
 
-    Derived from public facts (rows, creation and update times, file size and modification time) until the
-    store provides a stamp of its own; this is the one place to switch.
+    The store's own ``version_stamp`` where it has one (kept by rewrites that keep the rows, such as
+    compaction); otherwise derived from public facts (rows, creation and update times, file size and
+    modification time). This is the one place that decides.
     """
+    stamp = getattr(store, "version_stamp", None)
+    if isinstance(stamp, str) and stamp:
+        return stamp
     stat = os.stat(store.path)
     created = getattr(store, "created", "")
     updated = getattr(store, "updated", "")
     return f"{len(store)}:{created}:{updated}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _extends(store: FeatureStore, rows: int, stamp: str) -> Optional[bool]:
+    """Whether the store's version ``stamp`` of ``rows`` rows is a prefix of the store now (None: the store cannot say)."""
+    extends = getattr(store, "extends", None)
+    return bool(extends(rows, stamp)) if callable(extends) else None
 
 
 def check_rows(rows: int) -> List[int]:
@@ -169,7 +179,9 @@ def freshness(store: FeatureStore, meta: IndexMeta) -> Tuple[str, str]:
         return "stale", (f"{where} was built from {said} features but the store's normalisation differs; rebuild "
                          f"it with {rebuild_command(store, meta)}.")
     n = len(store)
-    if meta.rows <= n and row_checksums(store, [r for r, _ in meta.checks]) == meta.checks:
+    # the store's own history of versions, where it keeps one, decides; checksums of sample rows guard both ways
+    prefix = _extends(store, meta.rows, meta.stamp)
+    if prefix is not False and meta.rows <= n and row_checksums(store, [r for r, _ in meta.checks]) == meta.checks:
         if meta.rows == n and meta.stamp == store_stamp(store):
             return "fresh", f"{where} is up to date ({n} rows)."
         if meta.rows < n:

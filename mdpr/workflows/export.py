@@ -3,7 +3,6 @@ optionally quantised to INT8 with its accuracy cost measured on a labelled datas
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from mdpr.errors import MdprError
 from mdpr.evaluation.pipeline import EvaluationResult, Note, Progress
 from mdpr.export import ExportReport, export_model
+from mdpr.fileio import replace_durably
 
 __all__ = ["ExportRequest", "ExportResult", "Int8Summary", "run_export"]
 
@@ -173,7 +173,7 @@ def _run_int8(request: ExportRequest, weights: Path, progress: Optional[Progress
         report = ExportReport(out, fmt, convention, fp32.input_size, fp32.feature_dim, fp32.opset, "int8",
                               request.target, int8_meta, parity=[fp32.parity[0], int8_check])
         if fmt == "onnx":
-            os.replace(tmp / "int8.onnx", out)
+            replace_durably(tmp / "int8.onnx", out)
             report.written.append(out)
             if request.target == "boxmot":
                 add_boxmot_companions(out, int8_meta, model, request.batch_sizes, 0, report, stage)

@@ -63,7 +63,7 @@ def prepare(request: PrepareRequest, progress: Optional[Progress] = None) -> Pre
     notes: List[str] = []
     label = None
     if key == DEMO:
-        from mdpr.data.demo import generate_demo, parse_size
+        from mdpr.data.synthetic import generate_demo, parse_size
 
         summary = generate_demo(
             request.root, num_ids=request.ids, images_per_id=request.images_per_id, cameras=request.cameras,

@@ -68,10 +68,10 @@ def plan_run(
         if not (run_dir / LAST).is_file():
             raise MdprError(
                 f"Cannot resume: {run_dir} holds no checkpoint ({LAST}); give the directory of an earlier run, "
-                f"or start a new one with output."
+                f"or start a new one with output DIR."
             )
         if recipe:
-            raise MdprError("recipe cannot change a resumed run; use overrides (key=value) for individual settings.")
+            raise MdprError("The recipe cannot change a resumed run; use overrides key=value for individual settings.")
         check_output_folder(run_dir, "the run directory")
         config_path = run_dir / CONFIG
         if config_path.is_file():
@@ -95,7 +95,7 @@ def plan_run(
                 recipe = FALLBACK_RECIPE
                 notes.append(
                     f"No recipe is specific to '{manifest.dataset}' datasets; using the paper's {FALLBACK_RECIPE} "
-                    f"recipe (choose another with recipe)."
+                    f"recipe (choose another with recipe NAME)."
                 )
         cfg = load_config(recipe, overrides)
         cfg.dataset = dataset
@@ -103,7 +103,7 @@ def plan_run(
         run_dir = Path(output) if output else Path(runs_root) / f"{Path(dataset).stem}-{cfg.recipe}-{stamp}"
         if (run_dir / LAST).exists():
             raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another "
-                            "output.")
+                            "output DIR.")
         check_output_folder(run_dir, "the run directory")
         from mdpr.model.zoo import resolve_init
 
@@ -163,7 +163,7 @@ def resume_changes(saved: Config, cfg: Config, run_dir: Path) -> List[str]:
             raise MdprError(
                 f"{shown} cannot change when resuming {run_dir} (the run has {before.get(key)!r}, asked "
                 f"{after[key]!r}); a resumed run may change only {', '.join(RESUMABLE_KEYS)}; start a new run "
-                "(output) for other settings.", keys=["output"])
+                "(output DIR) for other settings.", keys=["output DIR"])
     return [f"resuming with {key} = {after[key]!r} (the run had {before.get(key)!r}); the schedule follows the new "
             "value from the checkpoint on" for key in changed]
 
@@ -224,6 +224,66 @@ class TrainOptions:
 
 
 @dataclass
+class TrainPlanReport:
+    """``mdpr train --dry-run``: everything resolved, nothing trained (keys documented in docs/training.md)."""
+
+    values: Dict[str, Any]
+
+    def to_json(self) -> Dict[str, Any]:
+        return dict(self.values)
+
+
+def describe_plan(plan: RunPlan, processes: int, device: str) -> TrainPlanReport:
+    """The numbers of a planned run: batch layout, iterations, warmup and learning rates (no devices needed)."""
+    from mdpr.data import load_dataset
+    from mdpr.data.sampler import layout_for
+    from mdpr.engine.solver import LRSchedule
+
+    cfg = plan.config
+    manifest = load_dataset(cfg.dataset)
+    layout = layout_for(cfg, processes)
+    per_epoch = layout.updates_per_epoch(len(manifest.train), cfg.dataloader.steps_per_epoch)
+    epochs = cfg.solver.max_epochs
+    total = per_epoch * epochs
+    schedule = LRSchedule(cfg.solver, per_epoch)
+    warmup = min(int(cfg.solver.warmup_iters), total)
+
+    def lr_at(iteration: int) -> float:
+        return schedule.lr(cfg.solver.base_lr, iteration, iteration // per_epoch)
+
+    stats = manifest.stats()
+    return TrainPlanReport({
+        "dataset": cfg.dataset, "dataset_kind": manifest.dataset,
+        "train_images": stats.get("train_images"), "train_identities": stats.get("train_ids"),
+        "recipe": cfg.recipe, "run_dir": str(plan.run_dir), "resume": plan.resume,
+        "init": cfg.model.pretrained or "none", "init_name": cfg.model.init,
+        "device": device,
+        **layout.as_dict(), "num_instances": layout.num_instances,
+        "iterations_per_epoch": per_epoch, "epochs": epochs, "total_iterations": total,
+        "warmup_iterations": warmup, "warmup_share": round(warmup / total, 4) if total else 0.0,
+        "lr_first": lr_at(0), "lr_warmup_end": lr_at(min(warmup, total - 1)), "lr_last": lr_at(total - 1),
+        "notes": list(plan.notes),
+    })
+
+
+def plan_only(options: TrainOptions) -> TrainPlanReport:
+    """``--dry-run``: resolve and describe the run without training and without needing its devices."""
+    if options.gpus is not None and options.procs is not None:
+        raise MdprError("Use either gpus N (one process per GPU) or procs N (CPU processes), not both.",
+                        keys=["gpus N", "procs N"])
+    processes = options.gpus or options.procs or 1
+    if processes < 1:
+        raise MdprError(f"The number of processes must be at least 1, got {processes}.")
+    device = "cuda" if options.gpus else ("cpu" if options.procs else options.device)
+    overrides = list(options.overrides)
+    if options.weights is not None:
+        overrides.append(f"model.pretrained={options.weights}")
+    plan = plan_run(options.dataset, options.recipe, overrides, options.output, options.resume, options.epochs,
+                    options.eval_period, options.checkpoint_period, init=options.init)
+    return describe_plan(plan, processes, device)
+
+
+@dataclass
 class TrainResult:
     """What a finished run left behind (``summary`` is ``summary.json``)."""
 
@@ -248,7 +308,7 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
     overrides = list(options.overrides)
     if options.weights is not None:
         if not Path(options.weights).is_file():
-            raise MdprError(f"weights {options.weights} does not exist; give a checkpoint file (mdpr, official MDPR "
+            raise MdprError(f"The weights file {options.weights} does not exist; give a checkpoint file (mdpr, official MDPR "
                             "or a backbone).")
         overrides.append(f"model.pretrained={options.weights}")
     held: List[ExclusiveLock] = []
@@ -277,11 +337,11 @@ def lock_run_dir(plan: RunPlan) -> ExclusiveLock:
     lock = ExclusiveLock(plan.run_dir / RUN_LOCK)
     if not lock.acquire():
         raise MdprError(f"Another training is writing into {plan.run_dir} right now; wait for it to end, or choose "
-                        "another output.", keys=["output"])
+                        "another output DIR.", keys=["output DIR"])
     if not plan.resume and (plan.run_dir / LAST).exists():  # a run that ended between planning and locking
         lock.release()
         raise MdprError(f"{plan.run_dir} already holds a run; continue it with --resume {plan.run_dir} or choose "
-                        "another output.", keys=["output"])
+                        "another output DIR.", keys=["output DIR"])
     return lock
 
 

@@ -62,7 +62,7 @@ def _draw_all(model: Any, transform: Any, dev: Any, files: List[Path], decoded: 
               panel_height: int) -> List[Path]:
     from PIL import Image
 
-    from mdpr.viz import draw_attention_overlays
+    from mdpr.viz import draw_attention_overlays, save_picture
 
     written: List[Path] = []
     used_names: set = set()
@@ -77,6 +77,6 @@ def _draw_all(model: Any, transform: Any, dev: Any, files: List[Path], decoded: 
             name = f"{path.stem}_{n}_attention.png"
         used_names.add(name)
         target = out / name
-        draw_attention_overlays(shown, maps, panel_height=panel_height).save(target)
+        save_picture(draw_attention_overlays(shown, maps, panel_height=panel_height), target)
         written.append(target)
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def test_int8_boxmot_target(setup, tmp_path: Path) -> None:
     sidecar = json.loads((tmp_path / "reid-int8.onnx.metadata.json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["input_name"] == "images"
     assert json.loads(result.stdout)["int8"]["fp32"] is None  # not measured: written because of --force
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_int8_openvino_format(setup, tmp_path: Path) -> None:
+    from mdpr import FeatureExtractor
+
+    ckpt, calib = setup
+    out = tmp_path / "m_openvino_model"
+    result = runner.invoke(app, ["export", "-w", str(ckpt), "--format", "openvino", "-o", str(out), "--int8",
+                                 "--calibrate", str(calib), "--force", "--batch-sizes", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [p["backend"] for p in report["parity"]] == ["onnxruntime", "openvino"]
+    assert report["parity"][1]["precision"] == "int8" and report["parity"][1]["passed"]
+    extractor = FeatureExtractor(out)
+    assert (extractor.backend, extractor.precision) == ("openvino", "int8")
 
 
 @pytest.mark.parametrize("extra, message", [

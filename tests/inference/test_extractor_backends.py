@@ -104,6 +104,9 @@ def test_backend_errors(setup, tmp_path: Path) -> None:
         FeatureExtractor(tmp_path / "m.onnx", backend="torch")
     with pytest.raises(MdprError, match="does not exist"):
         FeatureExtractor(tmp_path / "missing.onnx")
+    export_model(ckpt, tmp_path / "m.torchscript", format="torchscript", batch_sizes=(1,))
+    with pytest.raises(MdprError, match="torch.jit.load"):
+        FeatureExtractor(tmp_path / "m.torchscript")
 
 
 def test_precision_rule() -> None:

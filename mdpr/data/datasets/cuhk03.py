@@ -21,8 +21,6 @@ the camera id is the view (0 or 1), so CUHK03 reports 2 cameras. Missing images 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -40,6 +38,7 @@ from mdpr.data.datasets.base import (
 )
 from mdpr.data.datasets.matv5 import MatFileError, load_mat_v5
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_batch
 
 VARIANTS = ("labeled", "detected")
 PROTOCOLS = ("new", "classic")
@@ -106,21 +105,12 @@ class RawMat:
         """The 20 classic test splits, each an (n, 2) int array of ``[camera pair, person]``."""
         return [np.asarray(self.file[ref][()]).T.astype(int) for ref in self._refs("testsets")]
 
-    def save_image(self, ref: object, dest: Path) -> None:
+    def save_image(self, ref: object, path: Path) -> None:
+        """Write one image as PNG to ``path`` (a temporary file of :func:`mdpr.fileio.atomic_batch`)."""
         from PIL import Image
 
         pixels = np.ascontiguousarray(np.asarray(self.file[ref][()]).T)  # (H, W, 3)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png", dir=dest.parent)
-        os.close(fd)
-        try:
-            Image.fromarray(pixels.astype(np.uint8)).save(tmp, format="PNG")
-            if dest.exists():  # someone else extracted it meanwhile: keep theirs
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        Image.fromarray(pixels.astype(np.uint8)).save(path, format="PNG")
 
 
 def extract_images(
@@ -132,10 +122,12 @@ def extract_images(
     except OSError as exc:
         raise MdprError(f"Cannot create {out_dir} to extract CUHK03 images ({exc.strerror}).") from None
     todo = [(name, ref) for _, _, images in persons for name, ref in images if not (out_dir / name).exists()]
-    for i, (name, ref) in enumerate(todo):
-        raw.save_image(ref, out_dir / name)
-        if progress:
-            progress(i + 1, len(todo), f"extracting {out_dir.name}")
+    with atomic_batch() as batch:
+        for i, (name, ref) in enumerate(todo):
+            raw.save_image(ref, batch.path(out_dir / name))
+            batch.commit_if_full()
+            if progress:
+                progress(i + 1, len(todo), f"extracting {out_dir.name}")
     return len(todo)
 
 

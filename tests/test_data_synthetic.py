@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from mdpr.cli import app
 from mdpr.data import load_dataset
-from mdpr.data.demo import distinct_people, generate_demo
 from mdpr.data.images import parse_market_name
+from mdpr.data.synthetic import distinct_people, generate_demo
 from mdpr.errors import MdprError
 
 runner = CliRunner()

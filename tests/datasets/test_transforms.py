@@ -81,19 +81,37 @@ def test_random_erasing_fills_a_rectangle_with_the_mean_pixel() -> None:
     assert torch.equal(RandomErasing(prob=0.0)(img.clone(), random.Random(3)), img)
 
 
-def test_random_patch_pastes_patches_of_other_images_of_the_chunk() -> None:
+def test_random_patch_pool_is_fed_by_every_image_and_pastes_once_it_holds_min_pool() -> None:
+    """fast-reid's order: each image first adds its own patch to the pool, then (once the pool holds
+    min_pool patches) receives one drawn from the whole pool with probability prob."""
+    patcher = RandomPatch(prob=1.0, pool_size=5, min_pool=3)
+    pool = patcher.new_pool()
     colors = [float(c) for c in range(10, 90, 10)]
-    images = [torch.full((3, 32, 16), c) for c in colors]
-    RandomPatch(prob=1.0)(images, random.Random(0))
-    foreign = 0
-    for c, img in zip(colors, images):
+    sources = []
+    for i, c in enumerate(colors):
+        img = torch.full((3, 32, 16), c)
+        sources.append(patcher.apply(img, pool, random.Random(i), source=i))
+        assert len(pool) == min(i + 1, 5)  # the rolling pool keeps the newest 5
         values = set(img.unique().tolist())
-        assert values <= set(colors)
-        foreign += len(values - {c}) > 0
-    assert foreign >= 4  # most images got a patch of another image (some may draw their own)
+        if i < 2:
+            assert values == {c}  # fewer than min_pool patches: nothing pasted
+        else:
+            assert sources[i] in range(max(0, i - 4), i + 1)  # a patch of one of the last 5 images
+            assert values <= {c, colors[sources[i]]}
+    assert sources[:2] == [-1, -1] and sum(s != i for i, s in enumerate(sources[2:], 2)) >= 3
+    assert [src for _, src in pool.patches] == [3, 4, 5, 6, 7]
     same = [torch.full((3, 32, 16), 5.0) for _ in range(4)]
-    RandomPatch(prob=0.0)(same, random.Random(0))
+    RandomPatch(prob=0.0, min_pool=0)(same, random.Random(0))
     assert all(torch.all(x == 5.0) for x in same)
+
+
+def test_a_patch_is_a_pure_function_of_its_image_and_seed() -> None:
+    patcher = RandomPatch(prob=1.0, min_pool=1)
+    img = torch.rand(3, 32, 16) * 255
+    a, b = patcher.cut(img, random.Random(3)), patcher.cut(img.clone(), random.Random(3))
+    assert a is not None and b is not None and torch.equal(a, b)
+    a[:] = -1  # a copy, not a view: pasting onto the source later cannot change a pooled patch
+    assert (img >= 0).all()
 
 
 def test_everything_is_picklable_for_dataloader_workers() -> None:

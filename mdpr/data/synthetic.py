@@ -1,4 +1,4 @@
-"""The built-in synthetic demo dataset: Market-1501 layout and naming, drawn with Pillow and numpy.
+"""Renderer of synthetic people: the built-in demo dataset (Market-1501 layout), drawn with Pillow and numpy.
 
 Every identity has a stable appearance (clothing colours and patterns, sleeve and trouser type, hair,
 hat, skin, body proportions, bag/backpack/scarf); every camera changes what a real camera changes
@@ -15,7 +15,6 @@ Everything is a function of the seed: the same arguments give the same pixels.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_json, fsync_dir, fsync_files, replace_durably
 
 PARAMS_FILE = "demo.json"
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
@@ -597,12 +597,16 @@ def generate_demo(
         img.save(tmp_root / rel, format="JPEG", quality=JPEG_QUALITY)
         if progress and ((i + 1) % 50 == 0 or i + 1 == len(jobs)):
             progress(i + 1, len(jobs))
-    (tmp_root / PARAMS_FILE).write_text(json.dumps(_params_dict(params), indent=2) + "\n")
+    # the folder is renamed into place below: its files and entries must be on disk first
+    fsync_files(tmp_root / rel for rel, *_ in jobs)
+    atomic_write_json(tmp_root / PARAMS_FILE, _params_dict(params))
+    for folder in SPLIT_FOLDERS:
+        fsync_dir(tmp_root / folder)
     # publish the finished folder in one step (an interrupted run leaves only the hidden .partial folder)
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.is_dir():
         root.rmdir()  # empty (checked above)
-    os.replace(tmp_root, root)
+    replace_durably(tmp_root, root)
     return _summary(root, params, generated=True)
 
 
