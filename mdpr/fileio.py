@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Tuple, Union
@@ -147,8 +148,73 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
     The caller writes the whole file to the yielded path (``torch.save``, ``h5py.File``, ...).
     """
-    with atomic_batch() as batch:
-        yield batch.path(path)
+    target = Path(path)
+    try:
+        with atomic_batch() as batch:
+            yield batch.path(path)
+    except (RuntimeError, OSError) as exc:
+        if _disk_full(exc) and not (isinstance(exc, OSError) and exc.filename):
+            # torch and HDF5 report a full disk as RuntimeError (or an OSError without the file's name):
+            # one OSError naming the destination, which the CLI turns into one sentence
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+        raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "errno = 28" in text or "Disk quota exceeded" in text
+
+
+def ensure_free_space(path: PathLike, needed: int, what: str = "the file") -> None:
+    """Raise one sentence when the disk holding ``path`` has less than ``needed`` bytes free.
+
+    Used before writes whose library does not survive a full disk (HDF5 can leave its objects broken, and the
+    interpreter crashes when they are collected): better refuse before writing than fail half-way.
+    """
+    target = Path(path)
+    folder = target.parent if not target.is_dir() else target
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # unknown: let the write itself report
+    if free < needed:
+        raise MdprError(f"Cannot write {what} {target}: it needs about {_megabytes(needed)} but only "
+                        f"{_megabytes(free)} are free on its disk; free some space, then run the same command again "
+                        "(it continues where it stopped).")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{max(n, 0) // 1000} kB"
+
+
+def os_error_sentence(exc: OSError) -> str:
+    """One sentence for an :class:`OSError` met while reading or writing: the path, what the error means, what
+    to do (the CLI's answer to an OS error; ``describe_os_error`` gives the meaning alone)."""
+    meaning = describe_os_error(exc)
+    where = str(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space, then run the same command again (extract and train continue where they stopped)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "choose a writable location (or fix the permissions)"
+    elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):
+        advice = "choose another path"
+    elif exc.errno == errno.ENOENT:
+        advice = "check the path"
+    else:
+        advice = "check the path and the disk"
+    if where:
+        return f"Cannot use {where}: {meaning}; {advice}."
+    return f"A file operation failed: {meaning}; {advice}."
+
+
+#: OS errors that are about the user's files and disks even when the exception names no file.
+USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
 def _mode_for(target: Path) -> int:
@@ -317,3 +383,63 @@ def check_output_folder(path: PathLike, what: str = "the output folder") -> Path
     except OSError as exc:
         raise MdprError(f"Cannot write {what} {target}: {describe_os_error(exc)}; choose another path.") from None
     return target
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class ExclusiveLock:
+    """An advisory lock on ``path`` (created when missing) held by this process only; released by the OS when
+    the process dies, so a killed owner never leaves a stale lock.
+
+    ``flock`` locks belong to the open file description, which a forked child (a DataLoader worker) shares:
+    children close their copy right after the fork, so an orphaned worker never keeps the lock alive.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        _HELD_LOCKS.add(self)
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        _HELD_LOCKS.discard(self)
+
+    def __enter__(self) -> ExclusiveLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+_HELD_LOCKS: weakref.WeakSet[ExclusiveLock] = weakref.WeakSet()
+
+
+def _release_locks_in_child() -> None:
+    for lock in list(_HELD_LOCKS):
+        if lock.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_locks_in_child)

@@ -7,12 +7,13 @@ inside the command functions so that ``mdpr --help`` stays instant.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -93,6 +94,31 @@ def _patch_typer_help() -> None:
 
 _patch_typer_help()
 
+
+def _one_line_usage_errors() -> None:
+    """typer prints a usage error as a usage line, a hint and a framed panel; print it as one sentence on stderr
+    (``Error: Invalid value for '--top-k': ...; see `mdpr query --help`.``), as every other mdpr error."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # pragma: no cover - typer without rich
+        return
+    if getattr(rich_utils.rich_format_error, "_mdpr", False):
+        return
+
+    def rich_format_error(self: Any) -> None:
+        if self.__class__.__name__ == "NoArgsIsHelpError":
+            return
+        ctx = getattr(self, "ctx", None)
+        message = " ".join(str(self.format_message()).split()).rstrip(".")
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        err_console.print(f"[bold red]Error:[/] {escape(message + hint)}.", highlight=False, soft_wrap=True)
+
+    rich_format_error._mdpr = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = rich_format_error
+
+
+_one_line_usage_errors()
+
 console = _console(stderr=False)
 err_console = _console(stderr=True)
 
@@ -124,6 +150,43 @@ def debug_enabled() -> bool:
     return os.environ.get("MDPR_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+#: Bounds of every numeric option, by flag (a command's own ``min=``/``max=`` wins): checked by the parser, before
+#: any work, thread or process starts, and shown in --help. Upper bounds are far above any useful value; they keep
+#: a typo (``--threads 100000``, ``--batch-size 99999999999999999999``) from reaching a library that crashes on it.
+OPTION_BOUNDS: Dict[str, Tuple[Optional[float], Optional[float]]] = {
+    "--threads": (1, 1024), "--workers": (0, 256), "--num-workers": (0, 256), "--batch-size": (1, 65536),
+    "--top-k": (1, 100_000), "--rerank-pool": (1, 100_000), "--k1": (1, 1000), "--k2": (1, 1000),
+    "--lambda": (0.0, 1.0), "--aqe-k": (1, 1000), "--aqe-alpha": (0.0, 100.0), "--seed": (0, 2**32 - 1),
+    "--max-rank": (1, 100_000), "--opset": (11, 20), "--calibration-images": (1, 100_000),
+    "--max-map-drop": (0.0, 100.0), "--checkpoint-every": (0.0, 7 * 24 * 3600.0), "--recall": (0.0, 1.0),
+    "--nlist": (1, 1 << 20), "--m": (1, 4096), "--nbits": (1, 16), "--hnsw-m": (2, 512),
+    "--ef-construction": (1, 1 << 16), "--shards": (1, 1024), "--rows-per-file": (1, 1 << 26),
+    "--ids": (2, 100_000), "--images-per-id": (2, 10_000), "--cameras": (1, 100), "--gpus": (1, 1024),
+    "--procs": (1, 1024), "--epochs": (1, 100_000), "--eval-period": (-1, 100_000),
+    "--checkpoint-period": (0, 100_000), "--height": (16, 4096),
+}
+
+
+def _bound_options(fn: Callable[..., Any]) -> None:
+    """Give every numeric option of ``fn`` its :data:`OPTION_BOUNDS` (typer turns them into checked ranges)."""
+    for parameter in inspect.signature(fn).parameters.values():
+        info = parameter.default
+        decls = getattr(info, "param_decls", None)
+        if not decls or not hasattr(info, "min"):
+            continue
+        annotation = str(parameter.annotation)
+        if "int" not in annotation and "float" not in annotation:
+            continue
+        for decl in decls:
+            if decl in OPTION_BOUNDS:
+                low, high = OPTION_BOUNDS[decl]
+                if info.min is None:
+                    info.min = low
+                if info.max is None:
+                    info.max = high
+                break
+
+
 def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[typer.Typer] = None,
             **kwargs: Any) -> Callable[[F], F]:
     """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2.
@@ -133,6 +196,8 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
     """
 
     def decorate(fn: F) -> F:
+        _bound_options(fn)
+
         @functools.wraps(fn)
         def guarded(*args: Any, **kw: Any) -> Any:
             try:
@@ -141,6 +206,14 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
                 if debug_enabled():
                     traceback.print_exc()
                 fail(in_flag_terms(str(exc), flags, exc.keys))
+            except OSError as exc:  # a read-only folder, a full disk... met while working: one sentence, the path
+                from mdpr.fileio import USER_OS_ERRORS, os_error_sentence
+
+                if exc.filename is None and exc.errno not in USER_OS_ERRORS:
+                    raise  # not about the user's files: a bug, keep its traceback
+                if debug_enabled():
+                    traceback.print_exc()
+                fail(os_error_sentence(exc))
             except KeyboardInterrupt:
                 err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
                 raise typer.Exit(130) from None

@@ -175,6 +175,10 @@ class Trainer:
                 f"Checkpoint {path} does not fit the configured model ({report.summary()}); resume without "
                 f"changing model.* settings, or start a new run with --weights {path}."
             )
+        # the optimizer's state carries each group's rates from the checkpoint; the schedule's base rates
+        # (``initial_lr``) must be the configured ones, or a resumed run with a new solver.base_lr would
+        # record the new rate and keep training with the old one
+        base_rates = [group["initial_lr"] for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as exc:
@@ -182,8 +186,16 @@ class Trainer:
                 f"Checkpoint {path} does not fit the configured optimizer ({str(exc)[:200]}); resume without "
                 f"changing solver.optimizer settings, or start a new run with --weights {path}."
             ) from None
+        for group, rate in zip(self.optimizer.param_groups, base_rates):
+            group["initial_lr"] = rate
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if int(ckpt["epoch"]) > self.cfg.solver.max_epochs:
+            raise MdprError(
+                f"The run in {self.run_dir} has already trained {int(ckpt['epoch'])} epochs, more than the "
+                f"{self.cfg.solver.max_epochs} asked (--epochs, solver.max_epochs, counts all the run's epochs, not extra "
+                f"ones); ask for more than {int(ckpt['epoch'])} to continue it.")
+        self.resumed_from = ckpt.get("config") or {}
         self.start_epoch = int(ckpt["epoch"])
         self.iteration = int(ckpt["iteration"])
         states = ckpt.get("rng") or []
@@ -274,6 +286,8 @@ class Trainer:
             "resumed": bool(self.request.resume),
         }
         self.emit(start)
+        if self.request.resume:
+            self._record_resume()
         self.log(
             f"{'resuming' if self.request.resume else 'starting'} {cfg.recipe} on {cfg.dataset}: epoch {self.start_epoch + 1}/"
             f"{max_epochs}, {self.steps_per_epoch} steps/epoch, {self.ctx.world_size} process(es) on {self.device}"
@@ -408,14 +422,34 @@ class Trainer:
     def _non_finite(self, names: List[str], values: torch.Tensor, epoch: int) -> None:
         bad = [(n, v) for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
         name, value = bad[0]
-        message = (
-            f"Training stopped: loss term '{name}' became {value} at epoch {epoch + 1}, iteration {self.iteration + 1}; "
-            f"the last good checkpoint is kept in {self.run_dir / LAST} (lower solver.base_lr or set solver.grad_clip, "
-            f"then continue with --resume {self.run_dir})."
-        )
+        lower = f"{self.cfg.solver.base_lr / 10:.3g}"
+        if (self.run_dir / LAST).is_file():
+            advice = (f"the last good checkpoint is kept in {self.run_dir / LAST} (continue with a lower rate: "
+                      f"--resume {self.run_dir} --set solver.base_lr={lower}, or with solver.grad_clip set)")
+        else:
+            advice = (f"no checkpoint was written yet (start the run again with --set solver.base_lr={lower}, or "
+                      "with solver.grad_clip set)")
+        message = (f"Training stopped: loss term '{name}' became {value} at epoch {epoch + 1}, iteration "
+                   f"{self.iteration + 1}; {advice}.")
         self.record({"type": "error", "epoch": epoch + 1, "iteration": self.iteration + 1, "term": name, "value": str(value)})
         self.log(message)
         raise NonFiniteLoss(message)
+
+    def _record_resume(self) -> None:
+        """A ``resume`` record (and log line) naming the settings changed since the checkpoint."""
+        before = getattr(self, "resumed_from", {}) or {}
+        changed: Dict[str, List[Any]] = {}
+        now = self.cfg.to_dict()
+        for section, values in now.items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                old = (before.get(section) or {}).get(key, value) if isinstance(before.get(section), dict) else value
+                if old != value:
+                    changed[f"{section}.{key}"] = [old, value]
+        self.record({"type": "resume", "epoch": self.start_epoch, "iteration": self.iteration, "changed": changed})
+        if changed:
+            self.log("resumed with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
     def _previous_time(self) -> float:
         if not (self.request.resume and self.ctx.is_main):

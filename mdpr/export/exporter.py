@@ -28,7 +28,7 @@ from mdpr.export.metadata import (
 from mdpr.export.onnx import DEFAULT_OPSET, write_onnx
 from mdpr.export.parity import ParityReport, check_parity
 from mdpr.export.runtime import open_runner
-from mdpr.fileio import atomic_write_json
+from mdpr.fileio import atomic_write_json, check_output_file, check_output_folder
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: ``progress(stage, done, total)``; stages: export, parity:<backend>, openvino
@@ -117,6 +117,10 @@ def check_output_name(output: Path, fmt: str) -> None:
                         f"e.g. {output.with_name(output.stem + '_openvino_model')}.")
     if fmt != "openvino" and output.is_dir():
         raise MdprError(f"The output {output} is a folder; pass a file name such as {output / ('mdpr.' + fmt)}.")
+    if fmt == "openvino":
+        check_output_folder(output, "the exported model")
+    else:
+        check_output_file(output, "the exported model")
 
 
 def export_model(

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from mdpr import __version__
-from mdpr.fileio import atomic_path, fsync_dir
+from mdpr.fileio import atomic_path, ensure_free_space, fsync_dir
 from mdpr.store.schema import (
     LIBVER,
     SCHEMA_VERSION,
@@ -94,6 +94,12 @@ def remove_unreferenced_segments(store: Path, keep: Sequence[Path]) -> None:
     fsync_dir(folder if kept else store.parent)
 
 
+#: what the free-space check assumes for a stored path and for a file's own structures (generous: a refusal
+#: says how much is missing, a crash loses the run)
+_PATH_BYTES_ESTIMATE = 160
+_FILE_OVERHEAD = 64 << 10
+
+
 def write_file_atomic(
     path: Path,
     meta: StoreMeta,
@@ -106,7 +112,14 @@ def write_file_atomic(
     history: Sequence[Tuple[int, str]] = (),
     rows_hint: Optional[int] = None,
 ) -> int:
-    """Write a complete store file from ``blocks`` and put it in place atomically; return its row count."""
+    """Write a complete store file from ``blocks`` and put it in place atomically; return its row count.
+
+    Refused before writing when the disk lacks the room (HDF5 does not survive a full disk: its objects break
+    and the interpreter can crash when they are collected); the caller's journal keeps the rows meanwhile.
+    """
+    if rows_hint is not None:
+        per_row = meta.dim * np.dtype(meta.dtype).itemsize + 8 + _PATH_BYTES_ESTIMATE
+        ensure_free_space(path, int(rows_hint) * per_row + _FILE_OVERHEAD, "the feature store")
     with atomic_path(path) as tmp:
         return write_file(tmp, meta, blocks, failed=failed, created=created, complete=complete, stamp=stamp,
                           history=history, rows_hint=rows_hint)

@@ -123,7 +123,10 @@ class Journal:
         little = np.ascontiguousarray(features, dtype=features.dtype.newbyteorder("<"))
         payload = b"".join((_U32.pack(len(meta)), meta, little.tobytes()))
         blob = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
-        _pwrite_all(self.fd, blob, self.end)
+        try:
+            _pwrite_all(self.fd, blob, self.end)
+        except OSError as exc:  # a full disk: name the journal (a cut record is dropped when it is next read)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         self.records.append(Record(self.end + _RECORD_HEADER.size, len(payload), len(info["paths"]), info["paths"],
                                    info.get("failed", [])))
         self.end += len(blob)

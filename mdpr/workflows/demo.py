@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from mdpr.data.records import mdpr_home
 from mdpr.errors import MdprError
+from mdpr.fileio import check_output_folder
 
 #: ``run_step(index, title, argv)`` runs one ``mdpr`` command line (argv without the program name).
 RunStep = Callable[[int, str, List[str]], None]
@@ -44,6 +46,8 @@ def run_demo(request: DemoRequest, run_step: RunStep) -> DemoResult:
     out = request.out
     if out.exists() and not out.is_dir():
         raise MdprError(f"out {out} is a file; pass a folder for the demo's artefacts.", keys=["out"])
+    check_output_folder(out, "the demo's folder")
+    check_output_folder(mdpr_home(), "MDPR_HOME")
     started = time.perf_counter()
     data, run = out / "data", out / "run"
     weights = run / "model.pt"

@@ -8,7 +8,9 @@ from typing import Callable, List, Optional, Tuple
 
 from mdpr.data.datasets.base import PrepareOptions
 from mdpr.data.prepare import PrepareResult, prepare_dataset
+from mdpr.data.records import registry_dir
 from mdpr.errors import MdprError
+from mdpr.fileio import check_output_folder
 
 #: ``progress(done, total, stage)``
 Progress = Callable[[int, int, str], None]
@@ -55,6 +57,9 @@ def prepare(request: PrepareRequest, progress: Optional[Progress] = None) -> Pre
     if key != DEMO and changed:
         used = ", ".join(changed)
         raise MdprError(f"{used} appl{'ies' if len(changed) == 1 else 'y'} to `mdpr prepare demo` only.", keys=changed)
+    check_output_folder(registry_dir(), "the dataset registry (MDPR_HOME/datasets)")
+    if key == DEMO:
+        check_output_folder(request.root, "the demo's image folder")
     notes: List[str] = []
     label = None
     if key == DEMO:

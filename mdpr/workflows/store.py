@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
+from mdpr.fileio import check_output_file
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Progress reports: a short description of the step about to run.
@@ -76,7 +78,9 @@ def compact_store(store: Union[str, Path], progress: Optional[StepCallback] = No
     started = time.monotonic()
     if progress is not None:
         progress(f"Compacting {store}")
-    done = compact(Path(store).expanduser())
+    path = Path(store).expanduser()
+    check_output_file(path, "the compacted store")  # it replaces the store in its own folder
+    done = compact(path)
     return CompactResult(
         store=done.path,
         rows=done.rows,

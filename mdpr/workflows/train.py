@@ -16,11 +16,13 @@ from mdpr.config import Config
 from mdpr.engine.hooks import HookBase, default_hooks
 from mdpr.engine.trainer import CONFIG, LAST, SUMMARY, ProgressFn, TrainRequest, run_training
 from mdpr.errors import MdprError
-from mdpr.fileio import read_torch_file
+from mdpr.fileio import ExclusiveLock, check_output_folder, read_torch_file
 
 #: Recipe used when ``recipe`` is not given, by the prepared dataset's kind.
 DEFAULT_RECIPES = {"market1501": "market1501", "dukemtmc": "dukemtmc", "synergyreid": "synergyreid", "demo": "demo-cpu"}
 FALLBACK_RECIPE = "market1501"
+#: The run directory's lock file (see :func:`lock_run_dir`).
+RUN_LOCK = ".train.lock"
 
 
 @dataclass
@@ -70,14 +72,18 @@ def plan_run(
             )
         if recipe:
             raise MdprError("The recipe cannot change a resumed run; use overrides key=value for individual settings.")
+        check_output_folder(run_dir, "the run directory")
         config_path = run_dir / CONFIG
         if config_path.is_file():
-            cfg = load_run_config(config_path, overrides)
+            saved = load_run_config(config_path)
         else:
             ckpt = read_torch_file(run_dir / LAST, what="Checkpoint")
-            cfg = load_run_config(ckpt.get("config") or {}, overrides)
+            saved = load_run_config(ckpt.get("config") or {})
+        cfg = load_run_config(saved.to_dict(), overrides)
         if dataset:
             cfg.dataset = dataset
+        _apply_schedule_options(cfg, epochs, eval_period, checkpoint_period)
+        notes += resume_changes(saved, cfg, run_dir)
         load_dataset(cfg.dataset)  # fails early, naming the registered datasets
     else:
         if not dataset:
@@ -98,6 +104,7 @@ def plan_run(
         if (run_dir / LAST).exists():
             raise MdprError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another "
                             "output DIR.")
+        check_output_folder(run_dir, "the run directory")
         from mdpr.model.zoo import resolve_init
 
         choice = resolve_init(init, cfg.model, note=notes.append, verify=check_init)
@@ -105,16 +112,60 @@ def plan_run(
         notes.append(choice.line)
         if choice.warning:
             notes.append(choice.warning)
+    _apply_schedule_options(cfg, epochs, eval_period, checkpoint_period)
+    return RunPlan(cfg, run_dir, resume is not None, notes)
+
+
+def _apply_schedule_options(cfg: Config, epochs: Optional[int], eval_period: Optional[int],
+                            checkpoint_period: Optional[int]) -> None:
     if epochs is not None:
+        if epochs < 1:
+            raise MdprError(f"The number of epochs (epochs) must be at least 1, got {epochs}.", keys=["epochs"])
         cfg.solver.max_epochs = epochs
     if eval_period is not None:
         cfg.train.eval_period = eval_period
     if checkpoint_period is not None:
         cfg.train.checkpoint_period = checkpoint_period
-    if cfg.solver.max_epochs < 1:
-        raise MdprError(f"The number of epochs must be at least 1, got {cfg.solver.max_epochs}.")
-    cfg.validate()  # the options above changed fields in place: the cross-field rules again
-    return RunPlan(cfg, run_dir, resume is not None, notes)
+    cfg.validate()
+
+
+#: Settings a resumed run may change. Their meaning: the run continues from its checkpoint as if it had been
+#: planned with the new values (the learning rate at every later step follows the schedule of the new
+#: solver.base_lr / solver.max_epochs / solver.eta_min_lr); the change is recorded in config.yaml, in log.txt
+#: and as a ``resume`` record in metrics.jsonl. Everything else (architecture, input, data, batch composition,
+#: optimizer and the rest of the schedule) is fixed by the checkpoint.
+RESUMABLE_KEYS = (
+    "solver.base_lr", "solver.max_epochs", "solver.eta_min_lr", "solver.grad_clip",
+    "train.eval_period", "train.checkpoint_period", "train.log_period", "train.eval_flip",
+    "dataloader.num_workers", "dataloader.test_batch_size",
+)
+
+
+def _flat(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_changes(saved: Config, cfg: Config, run_dir: Path) -> List[str]:
+    """The settings ``cfg`` changes against the run's ``saved`` config, as notes; one sentence naming the key
+    when a setting outside :data:`RESUMABLE_KEYS` changes."""
+    before, after = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = [k for k in after if before.get(k) != after[k]]
+    for key in changed:
+        if key not in RESUMABLE_KEYS:
+            shown = "epochs" if key == "solver.max_epochs" else key
+            raise MdprError(
+                f"{shown} cannot change when resuming {run_dir} (the run has {before.get(key)!r}, asked "
+                f"{after[key]!r}); a resumed run may change only {', '.join(RESUMABLE_KEYS)}; start a new run "
+                "(output DIR) for other settings.", keys=["output DIR"])
+    return [f"resuming with {key} = {after[key]!r} (the run had {before.get(key)!r}); the schedule follows the new "
+            "value from the checkpoint on" for key in changed]
 
 
 def evaluate_during_training(model: Any, cfg: Config, manifest: Any,
@@ -248,18 +299,56 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
     ``progress`` receives the trainer's event dicts (``event``: start, step, epoch, eval_start, eval_progress,
     eval, checkpoint, warning, done) on the main process; ``note`` one-line remarks about the plan.
     """
-    from mdpr.engine.distributed import plan_launch, run_planned, share_from_main
+    from mdpr.engine.distributed import plan_launch, share_from_main
 
     launch = plan_launch(options.gpus, options.procs, options.device)
+    from mdpr.data.records import mdpr_home
+
+    check_output_folder(mdpr_home(), "MDPR_HOME")  # the run is recorded there when it ends
     overrides = list(options.overrides)
     if options.weights is not None:
         if not Path(options.weights).is_file():
             raise MdprError(f"The weights file {options.weights} does not exist; give a checkpoint file (mdpr, official MDPR "
                             "or a backbone).")
         overrides.append(f"model.pretrained={options.weights}")
-    plan: RunPlan = share_from_main(launch, lambda: plan_run(
-        options.dataset, options.recipe, overrides, options.output, options.resume, options.epochs,
-        options.eval_period, options.checkpoint_period, init=options.init))
+    held: List[ExclusiveLock] = []
+
+    def plan_and_lock() -> RunPlan:
+        planned = plan_run(options.dataset, options.recipe, overrides, options.output, options.resume,
+                           options.epochs, options.eval_period, options.checkpoint_period, init=options.init)
+        held.append(lock_run_dir(planned))
+        return planned
+
+    plan: RunPlan = share_from_main(launch, plan_and_lock)
+    try:
+        return _train_planned(launch, plan, progress, note)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def lock_run_dir(plan: RunPlan) -> ExclusiveLock:
+    """Take the run directory's lock (only the main process holds it): one training per run directory.
+
+    A second ``mdpr train`` into the same directory (a new run or a resume) is refused while the first runs;
+    the OS releases the lock when its holder dies, so a killed run is resumable at once.
+    """
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = ExclusiveLock(plan.run_dir / RUN_LOCK)
+    if not lock.acquire():
+        raise MdprError(f"Another training is writing into {plan.run_dir} right now; wait for it to end, or choose "
+                        "another output DIR.", keys=["output DIR"])
+    if not plan.resume and (plan.run_dir / LAST).exists():  # a run that ended between planning and locking
+        lock.release()
+        raise MdprError(f"{plan.run_dir} already holds a run; continue it with --resume {plan.run_dir} or choose "
+                        "another output DIR.", keys=["output DIR"])
+    return lock
+
+
+def _train_planned(launch: Any, plan: RunPlan, progress: Optional[ProgressFn],
+                   note: Optional[Callable[[str], None]]) -> Optional[TrainResult]:
+    from mdpr.engine.distributed import run_planned
+
     if launch.is_main and note is not None:
         for line in plan.notes:
             note(line)
