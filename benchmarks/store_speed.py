@@ -282,7 +282,7 @@ def _bench_query_model(args: argparse.Namespace, work: Path, name: str, override
     from mdpr.config import load_config
     from mdpr.inference import FeatureExtractor
     from mdpr.model import build_model, load_model, save_checkpoint
-    from mdpr.model.weights import state_dict_fingerprint
+    from mdpr.model.saving import state_dict_fingerprint
     from mdpr.search import search
     from mdpr.store import FeatureStore
 

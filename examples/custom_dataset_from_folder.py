@@ -21,7 +21,7 @@ from mdpr.data.prepare import prepare_dataset
 
 def make_sample(root: Path, num_ids: int = 16) -> None:
     """Write a small folder dataset: demo crops regrouped as ROOT/<split>/<identity>/<camera>-<n>.jpg."""
-    from mdpr.data.demo import generate_demo
+    from mdpr.data.synthetic import generate_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_demo(tmp, num_ids=num_ids, images_per_id=6, size=(96, 48), seed=1)

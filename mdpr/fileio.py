@@ -17,8 +17,10 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterable, Iterator, List, Tuple, Union
 
 from mdpr.errors import MdprError
 
@@ -46,6 +48,100 @@ def fsync_dir(path: PathLike) -> None:
             os.close(fd)
 
 
+def fsync_files(paths: Iterable[PathLike], workers: int = 16) -> None:
+    """Flush many files' data; concurrent fsyncs share the file system's journal commits (tens of times faster)."""
+    files = list(paths)
+    if len(files) <= 1:
+        for file in files:
+            fsync_file(file)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(files))) as pool:
+        for _ in pool.map(fsync_file, files):  # re-raises the first failure
+            pass
+
+
+def replace_durably(src: PathLike, dst: PathLike) -> None:
+    """Rename the finished file or folder ``src`` over ``dst`` (same file system) so that a crash keeps one of them.
+
+    ``src`` is flushed first (a folder's entries only: its files are flushed by whoever wrote them, e.g. with
+    :func:`fsync_files`), then renamed, then ``dst``'s folder is flushed. A folder replaces only a missing or
+    empty ``dst``.
+    """
+    source = Path(src)
+    if source.is_dir():
+        fsync_dir(source)
+    else:
+        fsync_file(source)
+    os.replace(source, dst)
+    fsync_dir(Path(dst).parent)
+
+
+class AtomicBatch:
+    """Many files written by the module's rule, their flushes grouped (see :func:`atomic_batch`)."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit  #: pending files at which :meth:`commit_if_full` publishes
+        self._pending: List[Tuple[Path, Path]] = []  # (temporary, destination)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def path(self, path: PathLike) -> Path:
+        """A temporary path beside ``path`` for the caller to write the whole file to; published at :meth:`commit`."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        self._pending.append((Path(name), target))
+        return Path(name)
+
+    def commit(self) -> None:
+        """Flush every file written so far, rename each over its destination, then flush their folders."""
+        pending, self._pending = self._pending, []
+        try:
+            # mkstemp creates 0600 files: give each new file the old one's mode, or the umask's default, so that a
+            # store or model read by a service running as another user stays readable
+            for tmp, target in pending:
+                os.chmod(tmp, _mode_for(target))
+            fsync_files([tmp for tmp, _ in pending])
+            for tmp, target in pending:
+                os.replace(tmp, target)
+        except BaseException:
+            self._pending = pending
+            raise
+        for folder in dict.fromkeys(target.parent for _, target in pending):
+            fsync_dir(folder)
+
+    def commit_if_full(self) -> None:
+        """:meth:`commit` once ``limit`` files are pending (an interrupted run keeps what was published)."""
+        if len(self._pending) >= self.limit:
+            self.commit()
+
+    def discard(self) -> None:
+        """Remove the temporary files not yet published."""
+        for tmp, _ in self._pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._pending = []
+
+
+@contextlib.contextmanager
+def atomic_batch(limit: int = 512) -> Iterator[AtomicBatch]:
+    """Yield an :class:`AtomicBatch`: files written to its paths replace their destinations durably when the block
+    ends (or at each :meth:`AtomicBatch.commit`); on error the unpublished temporary files are removed.
+
+    For many small files (archive members, extracted images): one fsync each costs milliseconds, a batch's
+    concurrent fsyncs cost little more than one.
+    """
+    batch = AtomicBatch(limit)
+    try:
+        yield batch
+        batch.commit()
+    except BaseException:
+        batch.discard()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` durably, on error it is removed.
@@ -53,19 +149,81 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     The caller writes the whole file to the yielded path (``torch.save``, ``h5py.File``, ...).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
     try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        with atomic_batch() as batch:
+            yield batch.path(path)
+    except (RuntimeError, OSError) as exc:
+        if _disk_full(exc) and not (isinstance(exc, OSError) and exc.filename):
+            # torch and HDF5 report a full disk as RuntimeError (or an OSError without the file's name):
+            # one OSError naming the destination, which the CLI turns into one sentence
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
         raise
-    fsync_dir(target.parent)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "errno = 28" in text or "Disk quota exceeded" in text
+
+
+def ensure_free_space(path: PathLike, needed: int, what: str = "the file") -> None:
+    """Raise one sentence when the disk holding ``path`` has less than ``needed`` bytes free.
+
+    Used before writes whose library does not survive a full disk (HDF5 can leave its objects broken, and the
+    interpreter crashes when they are collected): better refuse before writing than fail half-way.
+    """
+    target = Path(path)
+    folder = target.parent if not target.is_dir() else target
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # unknown: let the write itself report
+    if free < needed:
+        raise MdprError(f"Cannot write {what} {target}: it needs about {_megabytes(needed)} but only "
+                        f"{_megabytes(free)} are free on its disk; free some space, then run the same command again "
+                        "(it continues where it stopped).")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{max(n, 0) // 1000} kB"
+
+
+def os_error_sentence(exc: OSError) -> str:
+    """One sentence for an :class:`OSError` met while reading or writing: the path, what the error means, what
+    to do (the CLI's answer to an OS error; ``describe_os_error`` gives the meaning alone)."""
+    meaning = describe_os_error(exc)
+    where = str(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space, then run the same command again (extract and train continue where they stopped)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "choose a writable location (or fix the permissions)"
+    elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):
+        advice = "choose another path"
+    elif exc.errno == errno.ENOENT:
+        advice = "check the path"
+    else:
+        advice = "check the path and the disk"
+    if where:
+        return f"Cannot use {where}: {meaning}; {advice}."
+    return f"A file operation failed: {meaning}; {advice}."
+
+
+#: OS errors that are about the user's files and disks even when the exception names no file.
+USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -225,3 +383,63 @@ def check_output_folder(path: PathLike, what: str = "the output folder") -> Path
     except OSError as exc:
         raise MdprError(f"Cannot write {what} {target}: {describe_os_error(exc)}; choose another path.") from None
     return target
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class ExclusiveLock:
+    """An advisory lock on ``path`` (created when missing) held by this process only; released by the OS when
+    the process dies, so a killed owner never leaves a stale lock.
+
+    ``flock`` locks belong to the open file description, which a forked child (a DataLoader worker) shares:
+    children close their copy right after the fork, so an orphaned worker never keeps the lock alive.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        _HELD_LOCKS.add(self)
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        _HELD_LOCKS.discard(self)
+
+    def __enter__(self) -> ExclusiveLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+_HELD_LOCKS: weakref.WeakSet[ExclusiveLock] = weakref.WeakSet()
+
+
+def _release_locks_in_child() -> None:
+    for lock in list(_HELD_LOCKS):
+        if lock.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_locks_in_child)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from mdpr.config import LossConfig
 from mdpr.errors import MdprError
 from mdpr.model.heads import HeadOutput
-from mdpr.model.mdpr import AttentionOutput, MDPROutputs
+from mdpr.model.network import AttentionOutput, MDPROutputs
 
 
 def circle_logits(cosine: torch.Tensor, targets: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
@@ -177,10 +177,14 @@ class MDPRLoss:
             self._embedding_terms(losses, "hard_global", outputs.hard_global, targets, outputs)
             for i, part in enumerate(outputs.hard_parts):
                 self._embedding_terms(losses, f"hard_part_{i}", part, targets, outputs)
+        # the soft branch fills these four together; each term keeps its place in the sum's order
         if outputs.soft_layer4 is not None:
             self._embedding_terms(losses, "attn_feature4", outputs.soft_layer4, targets, outputs)
+        if outputs.attention_layer4 is not None:
             self._attention_terms(losses, 4, outputs.attention_layer4, targets, outputs)
+        if outputs.soft_layer3 is not None:
             self._embedding_terms(losses, "attn_feature3", outputs.soft_layer3, targets, outputs)
+        if outputs.attention_layer3 is not None:
             self._attention_terms(losses, 3, outputs.attention_layer3, targets, outputs)
         if outputs.fusion is not None:
             self._embedding_terms(losses, "fusion", outputs.fusion, targets, outputs)

@@ -6,9 +6,10 @@ DDP worker counts and data-loader workers) and picks its torch thread count here
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -16,9 +17,6 @@ from mdpr.errors import MdprError
 
 if TYPE_CHECKING:
     import torch
-
-#: Device names every command accepts (``cuda:N`` too).
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ------------------------------------------------------------------------------------------------ CPU
@@ -173,11 +171,17 @@ def l2_normalize(features: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     return (x * scale).astype(np.float32, copy=False)
 
 
-def apply_cpu_threads(requested: Optional[int] = None) -> Tuple[int, str]:
-    """Set torch's CPU threads by :func:`choose_cpu_threads`; returns ``(threads, why)`` (why "busy": reduced
-    to one because other processes keep the cores busy)."""
+@contextlib.contextmanager
+def cpu_threads(requested: Optional[int] = None) -> Iterator[Tuple[int, str]]:
+    """Torch's CPU threads chosen by :func:`choose_cpu_threads` for the ``with`` block, restored after it
+    (a Python caller's own setting survives the call); yields ``(threads, why)``, why "busy" when reduced
+    to one because other processes keep the cores busy."""
     import torch
 
+    before = torch.get_num_threads()
     threads, why = choose_cpu_threads(requested)
     torch.set_num_threads(threads)
-    return threads, why
+    try:
+        yield threads, why
+    finally:
+        torch.set_num_threads(before)

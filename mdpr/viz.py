@@ -18,8 +18,11 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from mdpr.fileio import atomic_path
+
 ImageSource = Union[str, Path, Image.Image, None]
 Overlay = Callable[[Image.Image], Image.Image]
+Font = Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]  #: what ``ImageFont.load_default()`` returns
 
 MATCH = (0, 170, 60)
 MISMATCH = (220, 30, 30)
@@ -119,7 +122,7 @@ def _thumbnail(tile: Tile, thumb_size: Tuple[int, int]) -> Image.Image:
 def _paste_tile(
     canvas: Image.Image,
     draw: ImageDraw.ImageDraw,
-    font: ImageFont.ImageFont,
+    font: Font,
     tile: Tile,
     x: int,
     y: int,
@@ -136,7 +139,7 @@ def _paste_tile(
         ty += LINE_HEIGHT
 
 
-def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, font: Font, text: str, width: int) -> str:
     """Shorten ``text`` with an ellipsis until it fits in ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -145,12 +148,20 @@ def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width:
     return text + ".."
 
 
+def save_picture(image: Image.Image, path: Union[str, Path]) -> Path:
+    """Save ``image`` atomically in the format Pillow infers from the suffix (PNG, JPEG, ...); returns the path."""
+    out = Path(path)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:  # the temporary file's suffix says nothing: refuse as Pillow would for ``out``
+        raise ValueError(f"unknown file extension: {out.suffix}")
+    with atomic_path(out) as tmp:
+        image.save(tmp, format=fmt)
+    return out
+
+
 def save_ranked_lists(rows: Sequence[RankedRow], path: Union[str, Path], thumb_size: Tuple[int, int] = (128, 64)) -> Path:
     """Draw and save as PNG (or any format Pillow infers from the suffix); returns the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    draw_ranked_lists(rows, thumb_size).save(out)
-    return out
+    return save_picture(draw_ranked_lists(rows, thumb_size), path)
 
 
 __all__ = [
@@ -163,6 +174,7 @@ __all__ = [
     "draw_ranked_lists",
     "match_color",
     "ranked_list_size",
+    "save_picture",
     "save_ranked_lists",
 ]
 
@@ -188,13 +200,13 @@ def draw_attention_overlays(
     each map is scaled by its own maximum so that its shape is visible whatever its mass.
     """
     width = max(1, round(image.width * panel_height / image.height))
-    base = image.convert("RGB").resize((width, panel_height), Image.BICUBIC)
+    base = image.convert("RGB").resize((width, panel_height), Image.Resampling.BICUBIC)
     base_arr = np.asarray(base, dtype=np.float64)
     panels: List[Tuple[str, Image.Image]] = [("input", base)]
     for layer, layer_maps in maps.items():
         for i, amap in enumerate(np.asarray(layer_maps, dtype=np.float64)):
-            up = Image.fromarray((amap / max(amap.max(), 1e-12) * 255).astype(np.uint8))
-            up = np.asarray(up.resize((width, panel_height), Image.BILINEAR), dtype=np.float64) / 255.0
+            small = Image.fromarray((amap / max(amap.max(), 1e-12) * 255).astype(np.uint8))
+            up = np.asarray(small.resize((width, panel_height), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
             blended = (1 - alpha) * base_arr + alpha * heat_colors(up)
             panels.append((f"{layer} #{i}", Image.fromarray(blended.astype(np.uint8))))
     font = ImageFont.load_default()

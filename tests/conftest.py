@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own MDPR_HOME so that registrations never leak."""
+"""Shared fixtures: every test gets its own MDPR_HOME (registrations, runs, stores) and its own torch hub cache
+(backbone initialisation files), so that nothing leaks between tests or from the user's machine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,21 @@ DATA_DIR = Path(__file__).parent / "data"
 def mdpr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("mdpr-home")
     monkeypatch.setenv("MDPR_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    _offline(monkeypatch)
     return home
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never download: the backbone-file downloader behaves as on a machine without network."""
+    import urllib.error
+
+    from mdpr.model import zoo
+
+    def offline(url: str, destination: Path) -> None:
+        raise urllib.error.URLError(OSError(101, "Network is unreachable (tests run offline)"))
+
+    monkeypatch.setattr(zoo, "default_downloader", offline)
 
 
 @pytest.fixture(scope="module")

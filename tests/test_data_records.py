@@ -76,7 +76,7 @@ def test_unknown_name_lists_registered(tmp_path: Path) -> None:
 
 
 def test_unknown_name_with_empty_registry() -> None:
-    with pytest.raises(MdprError, match="no dataset is registered yet"):
+    with pytest.raises(MdprError, match=r"not prepared yet; run `mdpr prepare market1501 ROOT`.*No dataset is registered yet"):
         load_dataset("market1501")
 
 

@@ -125,7 +125,7 @@ def test_error_different_dimensions(stores, tmp_path):
 def test_error_different_models(stores, tmp_path):
     _, g_pids, _, g_cams = stores["labels"]
     g = _store(tmp_path / "other.h5", stores["gf"], g_pids, g_cams, fingerprint="fff999")
-    assert "different models" in _error(["--query-features", stores["q"], "--gallery-features", g])
+    assert "are not the ones that made the gallery store" in _error(["--query-features", stores["q"], "--gallery-features", g])
 
 
 def test_error_empty_store(stores, tmp_path):

@@ -50,7 +50,7 @@ def test_custom_dataset_from_folder(tmp_path: Path) -> None:
 def test_evaluate_official_checkpoint(tmp_path: Path) -> None:
     from mdpr.config import load_config
     from mdpr.model import build_model
-    from mdpr.model.weights import to_official_state_dict
+    from mdpr.model.formats import to_official_state_dict
 
     result = runner.invoke(app, ["prepare", "demo", str(tmp_path / "data"), "--ids", "8", "--images-per-id", "4",
                                  "--size", "64x32", "--name", "tiny"])

@@ -114,13 +114,13 @@ def test_append_half_flip_and_refusals(tmp_path: Path, weights: Path) -> None:
     [
         (["--images", "{tmp}/nowhere"], "does not exist"),
         (["--images", "{tmp}/empty"], "No images"),
-        (["--images", "{tmp}/file.jpg"], "is a file, not a folder"),
+        (["--images", "{tmp}/file.txt"], "is not an image file"),
         ([], "exactly one of --images"),
     ],
 )
 def test_bad_input_is_one_sentence(tmp_path: Path, weights: Path, args: list, message: str) -> None:
     (tmp_path / "empty").mkdir()
-    (tmp_path / "file.jpg").write_bytes(b"x")
+    (tmp_path / "file.txt").write_bytes(b"x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = _extract(*args, "--weights", str(weights), "--output", str(tmp_path / "o.h5"))
     assert result.exit_code == 2
@@ -224,7 +224,7 @@ def test_dataset_split_uses_the_manifest_labels(tmp_path: Path, weights: Path) -
 
 
 def test_fingerprint_is_cached_per_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mdpr.model.weights as weights_mod
+    import mdpr.model.saving as saving_mod
 
     path = tiny_checkpoint(tmp_path / "w.pt", seed=5)
     first = FeatureExtractor(path, device="cpu").fingerprint
@@ -233,12 +233,12 @@ def test_fingerprint_is_cached_per_weights_file(tmp_path: Path, monkeypatch: pyt
         raise AssertionError("the fingerprint should come from the cache")
 
     with monkeypatch.context() as m:
-        m.setattr(weights_mod, "state_dict_fingerprint", no_hashing)
+        m.setattr(saving_mod, "state_dict_fingerprint", no_hashing)
         assert FeatureExtractor(path, device="cpu").fingerprint == first
     tiny_checkpoint(path, seed=6)  # new weights in the same file: a new entry, a new fingerprint
     second = FeatureExtractor(path, device="cpu")
     assert second.fingerprint != first
-    from mdpr.model.weights import state_dict_fingerprint
+    from mdpr.model.saving import state_dict_fingerprint
 
     assert second.fingerprint == state_dict_fingerprint(second.model.state_dict())
 

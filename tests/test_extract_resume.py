@@ -97,4 +97,4 @@ def test_sigkill_and_ctrl_c_then_resume(tmp_path: Path) -> None:
     np.testing.assert_allclose(feats, reference, atol=1e-4)
     assert pids.tolist() == [int(Path(p).name[:4]) for p in paths]
     assert not journal_path_for(out).exists()
-    assert not list(tmp_path.glob("feats.h5.tmp-*"))
+    assert not list(tmp_path.glob("feats.h5.tmp-*")) and not list(tmp_path.glob(".feats.h5.*.tmp"))

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from mdpr.viz import MATCH, MISMATCH, PROBE, UNKNOWN, RankedRow, Tile, match_color, ranked_list_size, save_ranked_lists
+from mdpr.viz import (
+    MATCH,
+    MISMATCH,
+    PROBE,
+    UNKNOWN,
+    RankedRow,
+    Tile,
+    match_color,
+    ranked_list_size,
+    save_picture,
+    save_ranked_lists,
+)
 
 
 def test_picture_size_and_border_colours(tmp_path: Path) -> None:
@@ -44,3 +56,13 @@ def test_overlay_hook_is_applied(tmp_path: Path) -> None:
     out = save_ranked_lists([RankedRow(red, [])], tmp_path / "o.png", thumb_size=(64, 32))
     with Image.open(out) as pic:
         assert pic.convert("RGB").getpixel((10 + 4 + 16, 10 + 4 + 32)) == (255, 0, 0)
+
+
+def test_save_picture_takes_the_format_from_the_suffix_and_leaves_no_temporary(tmp_path: Path) -> None:
+    img = Image.new("RGB", (16, 8), (200, 10, 10))
+    out = save_picture(img, tmp_path / "pic.JPG")
+    with Image.open(out) as pic:
+        assert pic.format == "JPEG"
+    with pytest.raises(ValueError, match="unknown file extension"):
+        save_picture(img, tmp_path / "pic.nope")
+    assert [p.name for p in tmp_path.iterdir()] == ["pic.JPG"]

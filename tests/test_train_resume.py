@@ -22,7 +22,9 @@ ARGS = ["--dataset", "tiny", "--recipe", "demo-cpu", "--epochs", "2", "--eval-pe
 # 32x16 inputs keep this multi-run test within its time budget; exactness does not depend on the size
 SETS = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=2",
         "input.padding=2", "input.flip_prob=0.5",
-        "input.random_erasing_prob=0.5", "input.random_patch_prob=0.5"]
+        "input.random_erasing_prob=0.5", "input.random_patch_prob=0.5",
+        # a patch pool that is active from the first epoch, so the resumed run has to rebuild it exactly
+        "input.random_patch_pool=12", "input.random_patch_min_pool=4"]
 
 
 def _sets() -> list:

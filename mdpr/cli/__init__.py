@@ -17,6 +17,7 @@ _COMMANDS = [
     "store",
     "visualize",
     "export",
+    "listing",
 ]
 
 for _name in _COMMANDS:

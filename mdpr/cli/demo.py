@@ -6,80 +6,56 @@ can list the exact commands that reproduce each step by hand.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import shlex
-import time
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from mdpr.cli.app import command, console
-from mdpr.errors import MdprError
+from mdpr.cli.app import command, console, print_json
 
 EXAMPLES = (
     "Examples:\n\n"
     "  mdpr demo\n\n"
-    "  mdpr demo --out /tmp/mdpr-demo --device cuda\n\n"
-    "  mdpr demo --out /tmp/tiny --ids 12 --images-per-id 6 --epochs 1 --set input.size_train=[64,32] "
+    "  mdpr demo --output /tmp/mdpr-demo --device cuda\n\n"
+    "  mdpr demo --output /tmp/tiny --ids 12 --images-per-id 6 --epochs 1 --set input.size_train=[64,32] "
     "--set input.size_test=[64,32]\n\n"
-    "Re-running with the same --out reuses the data and continues an interrupted training run."
+    "Re-running with the same --output reuses the data and continues an interrupted training run."
 )
 
 
-@command("demo", help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
+@command("demo", flags={"out": "--output", "ids": "--ids"}, help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
          epilog=EXAMPLES)
 def demo(
-    out: Path = typer.Option(Path("mdpr-demo"), "--out", "-o", help="Folder for every artefact of the demo."),
+    output: Path = typer.Option(Path("mdpr-demo"), "--output", "-o", help="Folder for every artefact of the demo."),
+    out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old name of --output."),
     ids: int = typer.Option(100, "--ids", help="Identities in the synthetic dataset (half train, half test)."),
     images_per_id: int = typer.Option(16, "--images-per-id", help="Images per identity."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the demo-cpu recipe's)."),
-    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
+                                                         "cuda:N or mps."),
     name: str = typer.Option("demo", "--name", help="Name the demo dataset is registered under."),
     overrides: List[str] = typer.Option([], "--set", help="Override a demo-cpu recipe field, e.g. --set solver.base_lr=5e-4."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (metrics, artefacts, commands) on "
+                                                        "stdout; the steps' own output goes to stderr."),
 ) -> None:
     """Prepare the demo data, train the demo-cpu recipe, evaluate, index the gallery and query one probe."""
-    if out.exists() and not out.is_dir():
-        raise MdprError(f"--out {out} is a file; pass a folder for the demo's artefacts.")
-    started = time.perf_counter()
-    data, run = out / "data", out / "run"
-    weights = run / "model.pt"
-    store, picture, metrics_file = out / "gallery.h5", out / "ranked.png", out / "metrics.json"
+    from mdpr.workflows.demo import DemoRequest, run_demo
 
-    prepare = ["prepare", "demo", str(data), "--name", name, "--ids", str(ids), "--images-per-id", str(images_per_id)]
-    train = ["train", "--dataset", name, "--recipe", "demo-cpu", "--output", str(run), "--device", device]
-    for item in overrides:
-        train += ["--set", item]
-    if epochs is not None:
-        train += ["--epochs", str(epochs)]
-    resuming = (run / "last.pt").is_file()
-    if resuming:  # an interrupted (or finished) earlier demo: continue it rather than start over
-        train_now = ["train", "--resume", str(run), "--device", device]
-        if epochs is not None:
-            train_now += ["--epochs", str(epochs)]
-    else:
-        train_now = train
-        for stale in (store, picture, metrics_file):  # artefacts of an earlier model would not match the new one
-            stale.unlink(missing_ok=True)
-    evaluate = ["evaluate", "--dataset", name, "--weights", str(weights), "--device", device,
-                "--save-metrics", str(metrics_file)]
-    extract = ["extract", "--dataset", name, "--split", "gallery", "--weights", str(weights), "--output", str(store),
-               "--device", device]
-
-    _run_step(1, "Prepare the synthetic dataset", prepare)
-    probe = _first_query_image(name)
-    query = ["query", str(probe), "--gallery", str(store), "--weights", str(weights), "--top-k", "5",
-             "--save", str(picture), "--device", device]
-    _run_step(2, "Train (demo-cpu recipe)", train_now)
-    _run_step(3, "Evaluate on query/gallery", evaluate)
-    _run_step(4, "Index the gallery into an HDF5 feature store", extract)
-    _run_step(5, "Query one probe", query)
-    steps = [prepare, train, evaluate, extract, query]
-
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    _print_summary(out, data, run, store, picture, metrics_file, metrics, steps, time.perf_counter() - started)
+    request = DemoRequest(out=out or output, ids=ids, images_per_id=images_per_id, epochs=epochs, device=device,
+                          name=name, overrides=list(overrides))
+    if json_out:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_demo(request, _run_step)
+        print_json({"metrics": result.metrics, "artefacts": {what: str(where) for what, where in result.artefacts},
+                    "commands": [["mdpr", *args] for args in result.commands], "seconds": round(result.seconds, 1)})
+        return
+    result = run_demo(request, _run_step)
+    _print_summary(result)
 
 
 def _run_step(index: int, title: str, args: List[str]) -> None:
@@ -96,30 +72,18 @@ def _run_step(index: int, title: str, args: List[str]) -> None:
         raise typer.Exit(code)
 
 
-def _first_query_image(name: str) -> Path:
-    from mdpr.data import load_dataset
-
-    manifest = load_dataset(name)
-    if not manifest.query:
-        raise MdprError(f"The demo dataset '{name}' has no query images; re-run with more --ids.")
-    return manifest.image_path(manifest.query[0])
-
-
-def _print_summary(out: Path, data: Path, run: Path, store: Path, picture: Path, metrics_file: Path,
-                   metrics: Dict, steps: List[List[str]], seconds: float) -> None:
+def _print_summary(result: Any) -> None:
     console.print(Rule("[bold]Demo finished"))
+    metrics = result.metrics
     if metrics:
         console.print(f"Rank-1 [bold]{metrics['rank1']:.3f}[/]   mAP [bold]{metrics['mAP']:.3f}[/]   "
                       f"mINP {metrics['mINP']:.3f}   ({metrics['num_valid_queries']} queries)", highlight=False)
-    table = Table(title=f"Artefacts (in {seconds / 60:.1f} minutes)")
+    table = Table(title=f"Artefacts (in {result.seconds / 60:.1f} minutes)")
     table.add_column("what")
     table.add_column("where")
-    for what, where in [("synthetic dataset (Market-1501 layout)", data),
-                        ("training run: config, metrics.jsonl, training.png, checkpoints", run),
-                        ("trained model", run / "model.pt"), ("evaluation metrics (JSON)", metrics_file),
-                        ("gallery feature store (HDF5)", store), ("ranked list of the probe", picture)]:
+    for what, where in result.artefacts:
         table.add_row(what, str(where))
     console.print(table)
     console.print("Each step by hand:")
-    for args in steps:
+    for args in result.commands:
         console.print(f"  mdpr {shlex.join(args)}", highlight=False, soft_wrap=True)

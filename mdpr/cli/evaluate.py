@@ -16,7 +16,7 @@ EXAMPLES = """
 
   mdpr evaluate --dataset demo --weights runs/demo/model.pt
   mdpr evaluate --dataset market1501 --weights market_mdpr.pth --rerank --aqe --json
-  mdpr evaluate --dataset demo --weights runs/demo/model.pt --save-features feats/demo
+  mdpr evaluate --dataset demo --weights runs/demo/model.pt --output feats/demo
   mdpr evaluate --query-features feats/demo/query.h5 --gallery-features feats/demo/gallery.h5 --metric euclidean
   mdpr evaluate --query-features q.h5 --gallery-features g.h5 --rerank --rerank-method zhong
   mdpr evaluate --query-features q.h5 --gallery-features g.h5 --no-cross-camera-only --ap trapezoid
@@ -25,7 +25,7 @@ EXAMPLES = """
 #: Library argument names -> this command's flags, for error messages.
 _FLAGS = {
     "cross_camera_only=False": "--no-cross-camera-only", "query_store": "--query-features",
-    "gallery_store": "--gallery-features", "save_features": "--save-features", "save_metrics": "--save-metrics",
+    "gallery_store": "--gallery-features", "save_features": "--output", "save_metrics": "--save-metrics",
     "flip": "--flip", "lambda_value": "--lambda", "aqe_k": "--aqe-k", "aqe_alpha": "--aqe-alpha",
     "max_rank": "--max-rank", "k1": "--k1", "k2": "--k2",
     "a dataset with weights": "--dataset NAME --weights CKPT",
@@ -78,13 +78,15 @@ def evaluate_command(
                                         help="CUHK03 classic single-gallery-shot CMC (10 random draws)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of --cuhk03-classic."),
     max_rank: int = typer.Option(50, "--max-rank", help="Length of the CMC curve."),
-    save_features: Optional[Path] = typer.Option(None, "--save-features",
-                                                 help="Folder to write query.h5 and gallery.h5 feature stores into."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
+                                          help="Folder to write the query.h5 and gallery.h5 feature stores into."),
+    save_features: Optional[Path] = typer.Option(None, "--save-features", hidden=True, help="Old name of --output."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
                                                          "cuda:N or mps (feature extraction)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, show_default=False,
                                              help="Images per forward pass (default: the checkpoint's test batch size)."),
-    num_workers: Optional[int] = typer.Option(None, "--workers", "--num-workers", min=0, show_default=False,
+    old_num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, hidden=True, help="Old name of --workers."),
+    num_workers: Optional[int] = typer.Option(None, "--workers", min=0, show_default=False,
                                               help="Image-decoding processes (default: 1 on CPU, up to 8 on GPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
@@ -104,8 +106,9 @@ def evaluate_command(
             cross_camera_only=cross_camera_only, ap=ap.value, cuhk03_classic=cuhk03_classic, seed=seed,
             max_rank=max_rank,
         ),
-        flip=flip or None, device=device, batch_size=batch_size, num_workers=num_workers, threads=threads,
-        save_features=save_features, save_metrics=save_metrics,
+        flip=flip or None, device=device, batch_size=batch_size, num_workers=num_workers if num_workers is not None else old_num_workers,
+        threads=threads,
+        save_features=output or save_features, save_metrics=save_metrics,
     )
     with StageProgress(err_console) as progress:
         result = run_evaluate(request, progress=progress, note=progress.note)

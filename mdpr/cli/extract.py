@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, err_console
+from mdpr.cli.app import command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -31,17 +33,27 @@ class Split(str, Enum):
     train = "train"
 
 
-@command("extract", flags={"images FOLDER": "--images FOLDER", "dataset NAME": "--dataset NAME", "split": "--split", "threads": "--threads", "batch_size": "--batch-size"}, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
+_FLAGS = {"images FOLDER": "--images FOLDER", "dataset NAME": "--dataset NAME", "split": "--split",
+          "threads": "--threads", "batch_size": "--batch-size", "weights CKPT": "--weights CKPT",
+          "output STORE.h5": "--output STORE.h5"}
+
+
+@command("extract", flags=_FLAGS, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
          epilog=EXAMPLES)
 def extract(
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to index (searched recursively).",
-                                          show_default=False),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to index (searched recursively), "
+                                                                  "or one image file.", show_default=False),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A prepared dataset name (or manifest path) instead of --images.",
                                           show_default=False),
     split: Split = typer.Option(Split.gallery, "--split", help="Which split of --dataset to index."),
-    weights: Path = typer.Option(..., "--weights", help="Model checkpoint (mdpr or official MDPR .pth)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Feature store to create, resume or append to (.h5)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N or mps."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", show_default=False,
+                                           help="Model checkpoint (mdpr or official MDPR .pth); default: the most "
+                                                "recent model trained with `mdpr train`."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
+                                          help="Feature store to create, resume or append to (.h5); default for "
+                                               "--images DIR: MDPR_HOME/stores/DIR.h5."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
+                                                         "cuda:N or mps."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
                                           help="Image-decoding processes (default: 1 on CPU, up to 8 on GPU).",
@@ -54,6 +66,8 @@ def extract(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (store, counts, failed images) "
+                                                        "instead of the report."),
 ) -> None:
     """Embed every image of a folder (or of a dataset split) into a feature store for `mdpr query`.
 
@@ -62,8 +76,6 @@ def extract(
     unknown. Images that cannot be read are skipped and listed. Re-running the same command after an
     interruption continues where it stopped.
     """
-    import signal
-
     from mdpr.workflows.extract import ExtractRequest, run_extract
 
     request = ExtractRequest(output=output, weights=weights, images=images, dataset=dataset, split=split.value,
@@ -72,14 +84,15 @@ def extract(
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` gets the same clean stop as Ctrl-C
     try:
-        summary = _run_with_progress(lambda progress: run_extract(request, progress, note=_note))
+        summary = _run_with_progress(lambda progress: run_extract(request, progress, note=note_printer(_FLAGS)))
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if json_out:
+        print_json(summary.to_json())
+        return
     _report(summary, summary.source)
-
-
-def _note(line: str) -> None:
-    err_console.print(f"[dim]Note: {line}[/]", highlight=False, soft_wrap=True)
+    console.print(f"Next: search it with [bold]mdpr query PROBE.jpg --gallery {shlex.quote(str(summary.output))}[/]",
+                  highlight=False, soft_wrap=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

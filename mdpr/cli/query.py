@@ -8,14 +8,15 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, err_console, print_json
+from mdpr.cli.app import command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
 
+  mdpr query probe.jpg                                   [dim]# the most recent store, with the weights it records[/]
   mdpr query probe.jpg --gallery feats.h5 --weights model.pt
   mdpr query probe.jpg other.jpg --gallery feats.h5 --weights model.pt --top-k 5 --json
-  mdpr query probes/ --gallery feats.h5 --weights model.pt --rerank --save ranked.png
+  mdpr query probes/ --gallery feats.h5 --weights model.pt --rerank --output ranked.png
 
 JSON output: [{"probe": ..., "results": [{"rank": 1, "path": ..., "distance": ..., "pid": ..., "camid": ...}]}]
 (pid / camid are null when unknown).
@@ -27,18 +28,30 @@ class Metric(str, Enum):
     euclidean = "euclidean"
 
 
-@command("query", flags={"top_k": "--top-k", "threads": "--threads", "metric": "--metric"}, help="Search a feature store with probe image(s): ranked paths and distances.", epilog=EXAMPLES)
+_FLAGS = {"top_k": "--top-k", "threads": "--threads", "metric": "--metric", "weights CKPT": "--weights CKPT",
+          "gallery STORE": "--gallery STORE"}
+
+
+@command("query", flags=_FLAGS, help="Search a feature store with probe image(s): ranked paths and distances.", epilog=EXAMPLES)
 def query(
     probes: List[Path] = typer.Argument(..., help="Probe image(s), or folders of probe images.", show_default=False),
-    gallery: Path = typer.Option(..., "--gallery", "-g", help="Feature store written by `mdpr extract`."),
-    weights: Path = typer.Option(..., "--weights", help="The checkpoint that produced the store."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", show_default=False,
+                                           help="Feature store written by `mdpr extract`; default: the most recently "
+                                                "written store."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", show_default=False,
+                                           help="The checkpoint that produced the store; default: the one the store "
+                                                "records."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Results per probe."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking of each probe's nearest candidates."),
     rerank_pool: int = typer.Option(100, "--rerank-pool", min=1, help="Candidates re-ranked per probe with --rerank."),
     metric: Metric = typer.Option(Metric.cosine, "--metric", help="Distance: cosine (1 - cos) or euclidean."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of tables."),
-    save: Optional[Path] = typer.Option(None, "--save", help="Write a ranked-list picture (PNG).", show_default=False),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N or mps."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write a ranked-list picture (PNG).",
+                                          show_default=False),
+    save: Optional[Path] = typer.Option(None, "--save", hidden=True, help="Old name of --output."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
+                                                         "cuda:N or mps."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the probe images."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
@@ -50,16 +63,17 @@ def query(
     """
     from mdpr.workflows.query import QueryRequest, run_query
 
+    picture = output or save
     request = QueryRequest(probes=list(probes), gallery=gallery, weights=weights, top_k=top_k, rerank=rerank,
-                           rerank_pool=rerank_pool, metric=metric.value, device=device, threads=threads, picture=save)
-    result = run_query(request, note=lambda line: err_console.print(f"[yellow]Note:[/] {line}", highlight=False,
-                                                                     soft_wrap=True))
+                           rerank_pool=rerank_pool, metric=metric.value, device=device, threads=threads,
+                           workers=workers, picture=picture)
+    result = run_query(request, note=note_printer(_FLAGS))
     if as_json:
         print_json(result.to_json())
     else:
         _print_tables([p.probe for p in result.probes], [p.results for p in result.probes], rerank)
-    if save is not None:
-        err_console.print(f"Saved the ranked list picture to {save}.", highlight=False)
+    if picture is not None:
+        err_console.print(f"Saved the ranked list picture to {picture}.", highlight=False)
 
 
 def _print_tables(probe_paths: List[Path], results: List[List[Dict[str, Any]]], rerank: bool) -> None:
@@ -70,11 +84,11 @@ def _print_tables(probe_paths: List[Path], results: List[List[Dict[str, Any]]], 
         table.add_column("rank", justify="right")
         table.add_column("distance", justify="right")
         table.add_column("pid", justify="right")
-        table.add_column("cam", justify="right")
+        table.add_column("camid", justify="right")
         table.add_column("path", overflow="fold")
         for r in rows:
             table.add_row(str(r["rank"]), f"{r['distance']:.4f}", _show(r["pid"]),
-                          _show(None if r["camid"] is None else r["camid"] + 1), r["path"])
+                          _show(r["camid"]), r["path"])
         console.print(table)
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
+from rich.markup import escape
 
-from mdpr.cli.app import command, console, err_console, print_json
+from mdpr.cli.app import command, console, err_console, in_flag_terms, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -39,7 +41,7 @@ class TrainReporter:
         return {"stderr": self.stderr, "refresh_s": self.refresh_s}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(**state)
+        TrainReporter.__init__(self, **state)
 
     @property
     def console(self) -> Any:
@@ -73,26 +75,10 @@ class TrainReporter:
             self._live = Live(console=self.console, refresh_per_second=4, transient=True)
             self._live.start()
 
-    def _render(self, e: Dict[str, Any]) -> Any:
-        from rich.table import Table
-
-        table = Table.grid(padding=(0, 2))
-        table.add_row(
-            f"[bold]epoch {e['epoch']}/{e['epochs']}[/] step {e['step']}/{e['steps_per_epoch']}",
-            f"iter {e['iteration']}/{e['total_iterations']}",
-            f"loss [bold]{e['loss']:.4f}[/]",
-            f"lr {e['lr']:.3g}",
-            f"{e['images_per_s']:.1f} img/s",
-            f"ETA {_hms(e['eta_s'])}",
-        )
-        terms = Table.grid(padding=(0, 2))
-        items = [f"{_short(k)} {v:.4f}" for k, v in e["losses"].items()]
-        for i in range(0, len(items), 4):
-            terms.add_row(*items[i : i + 4])
-        outer = Table.grid()
-        outer.add_row(table)
-        outer.add_row(terms)
-        return outer
+    def _render(self, e: Dict[str, Any]) -> str:
+        return (f"[bold]epoch {e['epoch']}/{e['epochs']}[/] step {e['step']}/{e['steps_per_epoch']}  "
+                f"loss [bold]{e['loss']:.4f}[/]  lr {e['lr']:.3g}  {e['images_per_s']:.1f} img/s  "
+                f"ETA {_hms(e['eta_s'])}")
 
     def _on_step(self, e: Dict[str, Any]) -> None:
         now = time.monotonic()
@@ -101,10 +87,10 @@ class TrainReporter:
                 self._live.update(self._render(e))
                 self._last = now
         elif e["step"] % self._log_period == 0 or e["step"] == e["steps_per_epoch"]:
-            terms = " ".join(f"{_short(k)}={v:.4f}" for k, v in e["losses"].items())
+            # one short line; the 19 loss terms are in metrics.jsonl and log.txt
             self.console.print(
                 f"epoch {e['epoch']}/{e['epochs']} step {e['step']}/{e['steps_per_epoch']} "
-                f"loss {e['loss']:.4f} lr {e['lr']:.3g} {e['images_per_s']:.1f} img/s ETA {_hms(e['eta_s'])} | {terms}",
+                f"loss {e['loss']:.4f} lr {e['lr']:.3g} {e['images_per_s']:.1f} img/s ETA {_hms(e['eta_s'])}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -141,10 +127,6 @@ class TrainReporter:
         if self._live is not None:
             self._live.stop()
             self._live = None
-
-
-def _short(name: str) -> str:
-    return name[5:] if name.startswith("loss_") else name
 
 
 def _hms(seconds: float) -> str:
@@ -186,8 +168,36 @@ def _summary_table(summary: Dict[str, Any]) -> Any:
 
 
 #: Library argument names -> this command's flags, for error messages.
-_FLAGS = {"overrides": "--set", "output": "--output", "recipe": "--recipe", "dataset NAME": "--dataset NAME",
-          "weights": "--weights"}
+_FLAGS = {"gpus N": "--gpus N", "procs N": "--procs N", "overrides key=value": "--set key=value",
+          "output DIR": "--output DIR", "recipe NAME": "--recipe NAME", "dataset NAME": "--dataset NAME",
+          "model.init": "--init"}
+
+
+def _print_plan(plan: Dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"mdpr train --dry-run: {plan['recipe']} on {plan['dataset']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("dataset", f"{plan['dataset']} ({plan['train_images']} images, {plan['train_identities']} identities)"),
+        ("backbone initialisation", str(plan["init"])),
+        ("processes x accumulation steps", f"{plan['processes']} x {plan['accumulation_steps']} on {plan['device']}"),
+        ("global batch", f"{plan['global_batch']} images"),
+        ("per process step", f"{plan['images_per_process_step']} images = {plan['identities_per_process_step']} "
+                             f"identities x {plan['num_instances']}"),
+        ("iterations", f"{plan['iterations_per_epoch']} per epoch x {plan['epochs']} epochs = "
+                       f"{plan['total_iterations']}"),
+        ("warmup", f"{plan['warmup_iterations']} iterations ({100 * plan['warmup_share']:.0f}% of training)"),
+        ("learning rate", f"{plan['lr_first']:.3g} first, {plan['lr_warmup_end']:.3g} at warmup end, "
+                          f"{plan['lr_last']:.3g} last"),
+        ("run directory", plan["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    for note in plan["notes"]:
+        console.print(f"[yellow]note:[/] {escape(in_flag_terms(note, _FLAGS))}", highlight=False)
 
 
 @command("train", flags=_FLAGS, help="Train an MDPR model on a prepared dataset (CPU, GPUs or torchrun; resumable).", epilog=EXAMPLES)
@@ -215,35 +225,67 @@ def train(
         None, "--checkpoint-period", help="Also keep epoch_NNN.pt (e.g. epoch_010.pt) every N epochs (last.pt is written every epoch)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
+    init: Optional[str] = typer.Option(
+        None, "--init", show_default=False,
+        help="Backbone initialisation: imagenet, lup_moco_r101 (the paper's), a weights FILE, or none (from "
+             "scratch); default: the recipe's.",
+    ),
     weights: Optional[Path] = typer.Option(
-        None, "--weights", help="Initialise from a checkpoint: an mdpr/official MDPR model (classifiers of another size skipped) or a backbone (= --set model.pretrained=PATH)."
+        None, "--weights", hidden=True,
+        help="Start from a whole mdpr / official MDPR model (classifiers of another size skipped).",
     ),
     overrides: List[str] = typer.Option(
         [], "--set", help="Override any config field, e.g. --set solver.base_lr=1e-4 --set model.fusion=false."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object (progress on stderr)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve everything and print the plan (batch layout, "
+                                                          "iterations, learning rates) without training."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
     # OpenMP threads that spin while waiting make CPU training several times slower as soon as other
     # processes share the cores; passive waiting costs little on an idle machine. Must precede `import torch`.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mdpr.workflows.train import TrainOptions, train_run
+    from mdpr.workflows.train import TrainInterrupted, TrainOptions, train_run
 
     reporter = TrainReporter(stderr=json_out)
     out = err_console if json_out else console
     options = TrainOptions(
         dataset=dataset, recipe=recipe, overrides=list(overrides), output=output, resume=resume, gpus=gpus,
         procs=procs, epochs=epochs, eval_period=eval_period, checkpoint_period=checkpoint_period, device=device,
-        weights=weights,
+        init=init, weights=weights,
     )
+    if dry_run:
+        from mdpr.workflows.train import plan_only
+
+        report = plan_only(options)
+        if json_out:
+            print_json(report.to_json())
+        else:
+            _print_plan(report.to_json())
+        return
     try:
         result = train_run(options, progress=reporter,
-                           note=lambda line: out.print(f"[yellow]note:[/] {line}", highlight=False))
+                           note=lambda line: out.print(f"[yellow]note:[/] {escape(in_flag_terms(line, _FLAGS))}",
+                                                       highlight=False))
+    except TrainInterrupted as stop:
+        reporter.stop()
+        run_dir = stop.run_dir
+        if (Path(run_dir) / "last.pt").is_file():
+            err_console.print(f"[yellow]Interrupted.[/] Continue the run with: mdpr train --resume "
+                              f"{shlex.quote(str(run_dir))}", highlight=False, soft_wrap=True)
+        else:
+            err_console.print("[yellow]Interrupted[/] before the run wrote its first checkpoint; start it again.",
+                              highlight=False)
+        raise typer.Exit(130) from None
     finally:
         reporter.stop()
     if result is None:  # another torchrun rank: rank 0 reports
         return
     if json_out:
         print_json(result.summary)
-    else:
-        console.print(_summary_table(result.summary))
+        return
+    console.print(_summary_table(result.summary))
+    model = shlex.quote(str(result.summary.get("model", "")))
+    dataset = shlex.quote(str(result.summary.get("dataset", "")))
+    console.print(f"Next: [bold]mdpr evaluate --dataset {dataset} --weights {model}[/], or index crops with "
+                  f"[bold]mdpr extract --images DIR/[/] (uses this model).", highlight=False, soft_wrap=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -54,7 +55,7 @@ def parse_market_name(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
     return int(m.group(1)), int(m.group(2)) - 1
 
 
-def load_rgb(path: Union[str, Path]) -> Image.Image:
+def load_rgb(path: Union[str, os.PathLike[str]]) -> Image.Image:
     """Decode an image fully into an upright 8-bit RGB PIL image; raise :class:`ImageReadError` on any failure.
 
     The one decoding policy of mdpr: EXIF orientation applied (phone photos stored rotated come out
@@ -92,7 +93,7 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_error_sentence(path: Union[str, Path], exc: BaseException, what: str = "Image") -> str:
+def read_error_sentence(path: Union[str, os.PathLike[str]], exc: BaseException, what: str = "Image") -> str:
     """The one sentence for an image that cannot be used: what, which file, why, what to pass instead."""
     text = str(exc)
     prefix = f"{path}: "
@@ -100,9 +101,18 @@ def read_error_sentence(path: Union[str, Path], exc: BaseException, what: str = 
     return f"{what} {path} could not be read ({reason}); pass a JPEG, PNG, BMP or WebP file."
 
 
-def decode_image(path: Union[str, Path], what: str = "Image") -> Image.Image:
+def decode_image(path: Union[str, os.PathLike[str]], what: str = "Image") -> Image.Image:
     """:func:`load_rgb` with one :class:`MdprError` sentence instead of :class:`ImageReadError`."""
     try:
         return load_rgb(path)
     except ImageReadError as exc:
         raise MdprError(read_error_sentence(path, exc, what)) from None
+
+
+def decode_images(paths: List[Path], what: str = "Image", workers: int = 1) -> List[Image.Image]:
+    """:func:`decode_image` for every path, in order, on ``workers`` threads (Pillow decodes without the GIL);
+    the first unreadable file raises its one sentence."""
+    if workers <= 1 or len(paths) < 2:
+        return [decode_image(p, what) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+        return list(pool.map(lambda p: decode_image(p, what), paths))

@@ -12,6 +12,7 @@ relabelled in ascending numeric order) and ``orig_pid`` the id in the file name;
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -208,30 +209,88 @@ def registered_names() -> List[str]:
     return sorted(p.stem for p in folder.glob("*.json") if _NAME.match(p.stem))
 
 
-def unregister(name: str) -> bool:
-    """Remove a registration (the images are untouched); True when there was one."""
-    path = registered_path(name)
-    if path.is_file():
-        path.unlink()
-        return True
-    return False
-
-
 def load_dataset(name_or_manifest_path: Union[str, Path]) -> Manifest:
-    """Load a prepared dataset by registered name (``"market1501"``) or by manifest file path."""
-    key = str(name_or_manifest_path)
+    """Load a prepared dataset by name or by manifest file path.
+
+    A name is matched against the registered names first (exactly, then ignoring case and separators),
+    then as any name ``mdpr prepare`` accepts (``duke``, ``Market-1501``, ``cuhk03-detected``; see
+    :func:`mdpr.data.datasets.resolve_name`), which finds the registration ``prepare`` made under the
+    canonical name. This is the one place every command resolves ``--dataset``.
+    """
+    key = str(name_or_manifest_path).strip()
+    names = registered_names()
     if _NAME.match(key):  # a registered name wins over a same-named file in the working directory
-        path = registry_dir() / f"{key}.json"
-        if path.is_file():
-            return read_manifest(path)
+        found = _registered_match(key, names)
+        if found is not None:
+            return found
     as_path = Path(key).expanduser()
     if as_path.is_file():
         return read_manifest(as_path)
-    names = registered_names()
-    known = f"registered datasets are: {', '.join(names)}" if names else "no dataset is registered yet"
+    raise MdprError(_unknown_dataset(key, names))
+
+
+def _registered_match(key: str, names: List[str]) -> Optional[Manifest]:
+    from mdpr.data.datasets import compact, resolve_name
+
+    if key in names:
+        return read_manifest(registered_path(key))
+    same = [n for n in names if compact(n) == compact(key)]
+    if len(same) == 1:
+        return read_manifest(registered_path(same[0]))
+    meaning = resolve_name(key)
+    if meaning is None:
+        return None
+    # a registration whose own name means the same dataset and variant ("duke" registered by --name duke)
+    alike = [n for n in names if resolve_name(n) == meaning]
+    if meaning.canonical in alike:
+        alike = [meaning.canonical]
+    if len(alike) == 1:
+        return read_manifest(registered_path(alike[0]))
+    if len(alike) > 1:
+        raise MdprError(
+            f"Dataset '{key}' matches the registered datasets {', '.join(alike)}; pass one of these names."
+        )
+    implied = meaning.implied_options()
+    if not implied or meaning.canonical not in names:
+        return None
+    # "cuhk03-detected": the canonical registration, if it was prepared with that variant
+    manifest = read_manifest(registered_path(meaning.canonical))
+    have = {k: str(manifest.options.get(k, "")) for k in implied}
+    if all(have[k].lower() == v.lower() for k, v in implied.items()):
+        return manifest
+    wanted = ", ".join(f"{k} {v}" for k, v in implied.items())
+    got = ", ".join(f"{k} {v or 'unknown'}" for k, v in have.items())
+    own = key.lower() if _NAME.match(key) else "NAME"
     raise MdprError(
-        f"Unknown dataset '{key}' ({known} in {registry_dir()}); "
-        f"register it with `mdpr prepare DATASET ROOT --name {key if _NAME.match(key) else 'NAME'}`."
+        f"Dataset '{key}' means {meaning.canonical} with {wanted}, but the registered {meaning.canonical} "
+        f"has {got}; prepare that variant under its own name with `mdpr prepare {key} ROOT --name {own}`."
+    )
+
+
+def _unknown_dataset(key: str, names: List[str]) -> str:
+    """One sentence for a name that is neither registered nor a manifest file, with the closest name."""
+    from mdpr.data.datasets import closest_known, compact, resolve_name, supported_names
+
+    registered = f"Registered datasets: {', '.join(names)}" if names else "No dataset is registered yet"
+    where = f"{registered} (in {registry_dir()})"
+    meaning = resolve_name(key)
+    if meaning is not None:  # a dataset mdpr knows, not prepared yet
+        return f"Dataset '{key}' ({meaning.canonical}) is not prepared yet; run `mdpr prepare {key} ROOT` first. {where}."
+    # the closest registered name, or the closest known one (through its aliases: "dukee" -> dukemtmc)
+    scores = {n: difflib.SequenceMatcher(None, compact(key), compact(n)).ratio() for n in names}
+    known = closest_known(key)
+    if known in names:
+        scores[known] = max(scores[known], 1.0)
+    best = max(scores, key=lambda n: scores[n], default=None)
+    if best is not None and scores[best] >= 0.6:
+        return f"Unknown dataset '{key}'; did you mean {best}? {where}."
+    if known is not None:
+        return (
+            f"Unknown dataset '{key}'; did you mean {known} (not prepared yet: `mdpr prepare {known} ROOT`)? {where}."
+        )
+    return (
+        f"Unknown dataset '{key}': not a registered name nor a manifest file; prepare one with "
+        f"`mdpr prepare DATASET ROOT` (DATASET: {', '.join(supported_names())}). {where}."
     )
 
 

@@ -3,17 +3,19 @@
 Test-time: resize to ``input.size_test`` with the configured interpolation, then to a float CHW tensor.
 
 Train-time (fast-reid's order): [AutoAugment] -> resize to ``input.size_train`` -> pad + random crop ->
-horizontal flip -> tensor -> random erasing, then :class:`RandomPatch` over the images of a batch chunk.
-Every random choice comes from a per-image seed handed out by the sampler (never from global or
-per-worker RNG state), so the augmented pixels are the same for any number of DataLoader workers and
-after an interrupted run is resumed.
+horizontal flip -> tensor -> random erasing -> :class:`RandomPatch` (with a pool of patches kept per
+DataLoader worker across batches, as fast-reid). Every random choice comes from a per-image seed
+handed out by the sampler (never from global or per-worker RNG state), so the augmented pixels are
+reproducible, also after an interrupted run is resumed; only the patch pool depends on the number of
+DataLoader workers (as in fast-reid).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -115,29 +117,52 @@ class RandomErasing:
         return img
 
 
+class PatchPool:
+    """The rolling pool of :class:`RandomPatch`: the last ``capacity`` patches, each with the dataset
+    index of the image it was cut from (to report where an occluder came from)."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.patches: Deque[Tuple[torch.Tensor, int]] = deque(maxlen=max(1, int(capacity)))
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def append(self, patch: torch.Tensor, source: int) -> None:
+        self.patches.append((patch, int(source)))
+
+
 class RandomPatch:
     """Occlusion by pasting a patch cut from another person image (fast-reid's / OSNet's RandomPatch).
 
-    fast-reid keeps a rolling pool of the last 1000 patches per DataLoader worker (active after 100);
-    here the pool is the current chunk of the batch (one patch cut from each image, after random
-    erasing, as there), which needs no state across batches and therefore stays exactly reproducible.
-    Each image then receives, with probability ``prob``, a randomly chosen pool patch (mirrored with
-    probability 0.5) at a random position. Patch area 1-50 % of the image, aspect 0.1-10.
+    As fast-reid, for each image in turn: cut a random patch from it (area 1-50 %, aspect 0.1-10) and
+    append it to a rolling :class:`PatchPool` of the last ``pool_size`` patches (1000); once the pool
+    holds ``min_pool`` patches (100), paste, with probability ``prob``, a patch drawn uniformly from the
+    pool (mirrored with probability 0.5) at a random position. The pool is kept by the caller
+    (:class:`mdpr.data.loader.TrainCollate` keeps one per DataLoader worker, across batches); every
+    random draw comes from the image's own ``random.Random``, the cut first, so a patch is a pure
+    function of its image (what makes the pool reproducible; see docs/training.md).
     """
 
     def __init__(
         self,
         prob: float = 0.5,
+        pool_size: int = 1000,
+        min_pool: int = 100,
         min_area: float = 0.01,
         max_area: float = 0.5,
         min_ratio: float = 0.1,
         flip_prob: float = 0.5,
     ) -> None:
         self.prob = float(prob)
+        self.pool_size = int(pool_size)
+        self.min_pool = int(min_pool)
         self.min_area = min_area
         self.max_area = max_area
         self.min_ratio = min_ratio
         self.flip_prob = flip_prob
+
+    def new_pool(self) -> PatchPool:
+        return PatchPool(self.pool_size)
 
     def _patch_size(self, width: int, height: int, rng: random.Random) -> Optional[Tuple[int, int]]:
         area = width * height
@@ -150,30 +175,40 @@ class RandomPatch:
                 return w, h
         return None
 
+    def cut(self, img: torch.Tensor, rng: random.Random) -> Optional[torch.Tensor]:
+        """A random patch of ``img`` (a copy), or None when no size fits."""
+        _, height, width = img.shape
+        size = self._patch_size(width, height, rng)
+        if size is None:
+            return None
+        w, h = size
+        x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+        return img[:, y : y + h, x : x + w].clone()
+
+    def apply(self, img: torch.Tensor, pool: PatchPool, rng: random.Random, source: int = -1) -> int:
+        """Feed ``img``'s patch to ``pool``, then maybe paste a pool patch onto ``img`` (in place).
+
+        Returns the dataset index the pasted patch was cut from, or -1 when nothing was pasted.
+        """
+        patch = self.cut(img, rng)
+        if patch is not None:
+            pool.append(patch, source)
+        if len(pool) < max(1, self.min_pool) or rng.random() >= self.prob:
+            return -1
+        patch, origin = pool.patches[rng.randrange(len(pool))]
+        if rng.random() < self.flip_prob:
+            patch = torch.flip(patch, dims=[2])
+        _, ph, pw = patch.shape
+        _, height, width = img.shape
+        x, y = rng.randint(0, width - pw), rng.randint(0, height - ph)
+        img[:, y : y + ph, x : x + pw] = patch
+        return origin
+
     def __call__(self, images: List[torch.Tensor], rng: random.Random) -> List[torch.Tensor]:
-        """Augment ``images`` (same-sized CHW tensors) in place and return them."""
-        if self.prob <= 0 or not images:
-            return images
-        pool: List[torch.Tensor] = []
+        """Augment ``images`` (same-sized CHW tensors) in place with a pool of their own; returns them."""
+        pool = self.new_pool()
         for img in images:
-            _, height, width = img.shape
-            size = self._patch_size(width, height, rng)
-            if size is not None:
-                w, h = size
-                x, y = rng.randint(0, width - w), rng.randint(0, height - h)
-                pool.append(img[:, y : y + h, x : x + w].clone())
-        if not pool:
-            return images
-        for img in images:
-            if rng.random() >= self.prob:
-                continue
-            patch = pool[rng.randrange(len(pool))]
-            if rng.random() < self.flip_prob:
-                patch = torch.flip(patch, dims=[2])
-            _, ph, pw = patch.shape
-            _, height, width = img.shape
-            x, y = rng.randint(0, width - pw), rng.randint(0, height - ph)
-            img[:, y : y + ph, x : x + pw] = patch
+            self.apply(img, pool, rng)
         return images
 
 

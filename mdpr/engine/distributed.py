@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_write_bytes
 from mdpr.runtime import usable_cpu_count
 
 #: Generous: rank 0 may evaluate a large test set while the others wait at a barrier.
@@ -176,7 +177,7 @@ def _worker_entry(
     try:
         fn(ctx, *args)
     except MdprError as exc:
-        Path(error_dir, f"rank{index}.err").write_bytes(pickle.dumps(str(exc)))
+        atomic_write_bytes(Path(error_dir, f"rank{index}.err"), pickle.dumps(str(exc)))
         raise SystemExit(2) from None
     finally:
         cleanup()

@@ -166,7 +166,18 @@ class EvalHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """``last.pt`` after every epoch (full training state) and ``epoch_NNN.pt`` every ``train.checkpoint_period``."""
+    """``last.pt`` after every epoch (full training state) and ``epoch_NNN.pt`` every ``train.checkpoint_period``;
+    a new run also writes ``last.pt`` before its first step, so that an interrupt inside the first epoch leaves a
+    run that ``--resume`` continues (from the start, exactly)."""
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.request.resume:
+            return
+        rng_states = t.ctx.all_gather_object(capture_rng_state())
+        if t.ctx.is_main:
+            t.save_state(t.run_dir / LAST, t.start_epoch, rng_states)
+        t.ctx.barrier()
 
     def after_epoch(self, epoch: int) -> None:
         t = self.trainer

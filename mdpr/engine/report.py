@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
+from mdpr.fileio import atomic_path
+
 PathLike = Union[str, Path]
 
 
@@ -88,7 +90,7 @@ def summarize(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -215,7 +217,6 @@ def plot_training(records: Sequence[Dict[str, Any]], out_path: PathLike, title: 
         y_range=(0.0, 1.0),
     )
     out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    img.save(tmp, format="PNG")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
     return out

@@ -13,7 +13,8 @@ import torch
 def capture_rng_state() -> Dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
     version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True always gives the MT19937 tuple; numpy's stub also allows a dict
     state: Dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],

@@ -1,16 +1,26 @@
 """Optimizer parameter groups and the learning-rate schedule of fast-reid (and so of the MDPR recipes).
 
-Schedule (``fastreid/solver`` + its ``LRScheduler`` hook), as a closed form of (iteration, epoch):
+Schedule: fast-reid's ``build_lr_scheduler`` (``fastreid/solver/build.py``) driven by its
+``LRScheduler`` hook (``fastreid/engine/hooks.py``), written as a closed form of (iteration, epoch):
 
-* linear warmup per *iteration*: factor ``warmup_factor * (1 - i / W) + i / W`` for iteration ``i < W``;
-* then one step of the main scheduler at the end of every epoch whose last iteration is past the
-  warmup (``(epoch + 1) * iters_per_epoch > W``):
-  cosine annealing to ``eta_min_lr`` with ``T_max = max_epochs - ceil(W / iters_per_epoch)``,
-  or multi-step decay by ``gamma`` at the ``steps`` milestones (counted in such epochs).
+* linear warmup per *iteration*: the warmup scheduler steps after every iteration ``i`` with
+  ``i + 1 <= W``, so iteration ``i`` runs at factor ``warmup_factor * (1 - i / W) + i / W`` for ``i < W``
+  and at 1 from iteration ``W`` on;
+* the main scheduler steps after every epoch ``e`` (0-based) for which ``next_iter > W`` and
+  ``e + 1 > delay_epochs``, where ``next_iter = (e + 1) * iters_per_epoch + 1`` (the hook reads the
+  trainer's iteration counter, already advanced past the epoch's last iteration, plus one). So the
+  first step follows epoch ``max(ceil(W / iters_per_epoch) - 1, delay_epochs)``: when W is a multiple
+  of the iterations per epoch, the epoch in which the warmup ends is itself followed by a step;
+* cosine annealing to ``eta_min_lr`` with ``T_max = max_epochs - max(ceil(W / iters_per_epoch),
+  delay_epochs)``, which makes the last epoch run exactly at ``eta_min_lr`` (without a delay); or
+  multi-step decay by ``gamma`` at the ``steps`` milestones, counted in main-scheduler steps.
 
-Because the learning rate is a pure function of the position in training, resuming from a checkpoint
-reproduces it exactly. (fast-reid also postpones a warmup step when AMP skips an optimizer step on
-overflow; here warmup follows the iteration count, so a skipped fp16 step does not lengthen it.)
+The warmup never overlaps a main-scheduler step (a step needs ``(e + 1) * iters_per_epoch >= W``), so the
+rate is the product of the two factors. Because it is a pure function of the position in training,
+resuming from a checkpoint reproduces it exactly. (fast-reid also postpones a warmup step when AMP
+skips an optimizer step on overflow; here warmup follows the iteration count, so a skipped fp16 step
+does not lengthen it.) ``tests/engine/test_solver.py`` compares this against a step-by-step
+transcription of the official hooks.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimize
     param_groups = [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     name = cfg.optimizer.lower()
     # the fused kernels are several times faster (CPU too) and give the same updates
-    fused = {"fused": True} if _fusable(model) else {}
+    fused: Dict[str, Any] = {"fused": True} if _fusable(model) else {}
     if name == "adam":
         return torch.optim.Adam(param_groups, lr=cfg.base_lr, **fused)
     if name == "adamw":
@@ -74,14 +84,16 @@ class LRSchedule:
     """fast-reid's warmup + per-epoch cosine / multi-step schedule as a function of the position."""
 
     def __init__(self, cfg: SolverConfig, iters_per_epoch: int) -> None:
-        if cfg.scheduler not in ("cosine", "multistep"):
-            raise MdprError(f"Unknown solver.scheduler '{cfg.scheduler}'; use cosine or multistep.")
         self.cfg = cfg
         self.iters_per_epoch = max(1, int(iters_per_epoch))
         self.warmup_iters = max(0, int(cfg.warmup_iters))
+        self.delay_epochs = max(0, int(cfg.delay_epochs))
         warmup_epochs = math.ceil(self.warmup_iters / self.iters_per_epoch)
-        #: fast-reid's T_max; at least 1 so a warmup longer than the run does not divide by zero
-        self.t_max = max(1, cfg.max_epochs - warmup_epochs)
+        #: the first epoch (0-based) after which the main scheduler steps
+        self.first_decay_epoch = max(warmup_epochs - 1, self.delay_epochs, 0)
+        #: fast-reid's T_max. It is below 1 only when the warmup outlasts the run, and then the cosine
+        #: never steps within the run, so clamping it to 1 changes nothing (and avoids dividing by zero).
+        self.t_max = max(1, cfg.max_epochs - max(warmup_epochs, self.delay_epochs))
 
     def warmup_factor(self, iteration: int) -> float:
         if iteration >= self.warmup_iters:
@@ -91,9 +103,7 @@ class LRSchedule:
 
     def decay_steps(self, epoch: int) -> int:
         """How many main-scheduler steps happened before ``epoch`` (0-based) starts."""
-        # epochs e < epoch whose end iteration (e + 1) * ipe exceeds the warmup
-        first = self.warmup_iters // self.iters_per_epoch  # smallest e with (e+1)*ipe > W
-        return max(0, epoch - first)
+        return max(0, epoch - self.first_decay_epoch)
 
     def lr(self, base_lr: float, iteration: int, epoch: int) -> float:
         """Learning rate of a group with base rate ``base_lr`` at global ``iteration`` in ``epoch``."""
@@ -116,5 +126,6 @@ class LRSchedule:
             "name": self.cfg.scheduler,
             "iters_per_epoch": self.iters_per_epoch,
             "warmup_iters": self.warmup_iters,
+            "delay_epochs": self.delay_epochs,
             "t_max": self.t_max,
         }

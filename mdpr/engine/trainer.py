@@ -45,6 +45,9 @@ from mdpr.runtime import resolve_device
 ProgressFn = Callable[[Dict[str, Any]], None]
 
 FINAL_MODEL = "model.pt"
+#: After this many steps of the first epoch a CPU run says how long it will take, when that is long.
+_ETA_STEPS = 5
+_SLOW_CPU_RUN_S = 2 * 3600
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 PLOT = "training.png"
@@ -132,6 +135,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.chunks = self.sampler.layout.chunks_per_update  # process steps (x legacy chunks) per update
         self.optimizer = build_optimizer(self.module, self.cfg.solver)
         self.schedule = LRSchedule(self.cfg.solver, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
@@ -144,12 +148,15 @@ class Trainer:
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,
+                # as the official code: each process keeps its own BatchNorm statistics between updates
+                # (rank 0's are the ones saved), instead of rank 0's overwriting them before every forward
+                broadcast_buffers=False,
             )
         else:
             self.model = self.module
 
     def _load_resume_state(self) -> None:
-        from mdpr.model.weights import load_weights
+        from mdpr.model.loading import load_weights
 
         path = self.run_dir / LAST
         if not path.is_file():
@@ -168,6 +175,10 @@ class Trainer:
                 f"Checkpoint {path} does not fit the configured model ({report.summary()}); resume without "
                 f"changing model.* settings, or start a new run with --weights {path}."
             )
+        # the optimizer's state carries each group's rates from the checkpoint; the schedule's base rates
+        # (``initial_lr``) must be the configured ones, or a resumed run with a new solver.base_lr would
+        # record the new rate and keep training with the old one
+        base_rates = [group["initial_lr"] for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as exc:
@@ -175,8 +186,16 @@ class Trainer:
                 f"Checkpoint {path} does not fit the configured optimizer ({str(exc)[:200]}); resume without "
                 f"changing solver.optimizer settings, or start a new run with --weights {path}."
             ) from None
+        for group, rate in zip(self.optimizer.param_groups, base_rates):
+            group["initial_lr"] = rate
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if int(ckpt["epoch"]) > self.cfg.solver.max_epochs:
+            raise MdprError(
+                f"The run in {self.run_dir} has already trained {int(ckpt['epoch'])} epochs, more than the "
+                f"{self.cfg.solver.max_epochs} asked (--epochs, solver.max_epochs, counts all the run's epochs, not extra "
+                f"ones); ask for more than {int(ckpt['epoch'])} to continue it.")
+        self.resumed_from = ckpt.get("config") or {}
         self.start_epoch = int(ckpt["epoch"])
         self.iteration = int(ckpt["iteration"])
         states = ckpt.get("rng") or []
@@ -267,6 +286,8 @@ class Trainer:
             "resumed": bool(self.request.resume),
         }
         self.emit(start)
+        if self.request.resume:
+            self._record_resume()
         self.log(
             f"{'resuming' if self.request.resume else 'starting'} {cfg.recipe} on {cfg.dataset}: epoch {self.start_epoch + 1}/"
             f"{max_epochs}, {self.steps_per_epoch} steps/epoch, {self.ctx.world_size} process(es) on {self.device}"
@@ -311,6 +332,12 @@ class Trainer:
                     "eta_s": eta,
                 }
                 self.emit(event)
+                if step + 1 == _ETA_STEPS and epoch == self.start_epoch and self.device.type == "cpu" \
+                        and eta > _SLOW_CPU_RUN_S:
+                    self.emit({"event": "warning", "message": (
+                        f"on this CPU the run will take about {eta / 3600:.1f} hours ({self.steps_per_epoch} steps "
+                        f"per epoch at {sec_per_iter:.1f} s each); a GPU runs it far faster, and the demo-cpu recipe "
+                        "(--recipe demo-cpu) trains in minutes on a CPU.")})
                 for hook in self.hooks:
                     hook.after_step(event)
                 log_period = max(1, cfg.train.log_period)
@@ -367,10 +394,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         names: List[str] = []
         total_values: Optional[torch.Tensor] = None
-        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        ddp = self.model if isinstance(self.model, nn.parallel.DistributedDataParallel) else None
         for c in range(self.chunks):
             last = c == self.chunks - 1
-            sync = self.model.no_sync() if (ddp and not last) else contextlib.nullcontext()
+            sync = ddp.no_sync() if (ddp is not None and not last) else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                     outputs = self.model(images[c * size : (c + 1) * size])
@@ -380,6 +407,7 @@ class Trainer:
                 if not bool(torch.isfinite(values).all()):
                     self._non_finite(names, values, epoch)
                 total = sum(terms.values())
+                assert isinstance(total, torch.Tensor)  # the loss always has terms; sum() alone types as int | Tensor
                 self.scaler.scale(total / self.chunks).backward()
             total_values = values if total_values is None else total_values + values
         if self.cfg.solver.grad_clip > 0:
@@ -394,14 +422,34 @@ class Trainer:
     def _non_finite(self, names: List[str], values: torch.Tensor, epoch: int) -> None:
         bad = [(n, v) for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
         name, value = bad[0]
-        message = (
-            f"Training stopped: loss term '{name}' became {value} at epoch {epoch + 1}, iteration {self.iteration + 1}; "
-            f"the last good checkpoint is kept in {self.run_dir / LAST} (lower solver.base_lr or set solver.grad_clip, "
-            f"then continue with --resume {self.run_dir})."
-        )
+        lower = f"{self.cfg.solver.base_lr / 10:.3g}"
+        if (self.run_dir / LAST).is_file():
+            advice = (f"the last good checkpoint is kept in {self.run_dir / LAST} (continue with a lower rate: "
+                      f"--resume {self.run_dir} --set solver.base_lr={lower}, or with solver.grad_clip set)")
+        else:
+            advice = (f"no checkpoint was written yet (start the run again with --set solver.base_lr={lower}, or "
+                      "with solver.grad_clip set)")
+        message = (f"Training stopped: loss term '{name}' became {value} at epoch {epoch + 1}, iteration "
+                   f"{self.iteration + 1}; {advice}.")
         self.record({"type": "error", "epoch": epoch + 1, "iteration": self.iteration + 1, "term": name, "value": str(value)})
         self.log(message)
         raise NonFiniteLoss(message)
+
+    def _record_resume(self) -> None:
+        """A ``resume`` record (and log line) naming the settings changed since the checkpoint."""
+        before = getattr(self, "resumed_from", {}) or {}
+        changed: Dict[str, List[Any]] = {}
+        now = self.cfg.to_dict()
+        for section, values in now.items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                old = (before.get(section) or {}).get(key, value) if isinstance(before.get(section), dict) else value
+                if old != value:
+                    changed[f"{section}.{key}"] = [old, value]
+        self.record({"type": "resume", "epoch": self.start_epoch, "iteration": self.iteration, "changed": changed})
+        if changed:
+            self.log("resumed with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
     def _previous_time(self) -> float:
         if not (self.request.resume and self.ctx.is_main):

@@ -9,8 +9,12 @@ import numpy as np
 from mdpr.errors import MdprError
 from mdpr.runtime import l2_normalize
 
-#: Metric names accepted by :func:`compute_distance`.
-METRICS = ("cosine", "euclidean", "sqeuclidean")
+#: The distance vocabulary of every command (evaluate, query, index): name -> meaning. Ranking by the
+#: Euclidean distance equals ranking by fast-reid's squared distance (``sqeuclidean``, internal only).
+METRICS = {"cosine": "1 - cosine similarity", "euclidean": "Euclidean distance"}
+
+#: Names :func:`compute_distance` accepts: the vocabulary plus the internal squared distance.
+COMPUTABLE = (*METRICS, "sqeuclidean")
 
 # Rows of the query set multiplied at once; bounds the scratch memory of one chunk.
 _CHUNK_ROWS = 4096
@@ -50,8 +54,8 @@ def compute_distance(
     """
     import torch
 
-    if metric not in METRICS:
-        raise MdprError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
+    if metric not in COMPUTABLE:
+        raise MdprError(f"unknown metric {metric!r}; choose one of {', '.join(COMPUTABLE)}.")
     q = as_features(qf, "query features")
     g = as_features(gf, "gallery features")
     check_same_dim(q, g)

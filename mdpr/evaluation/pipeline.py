@@ -19,13 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from mdpr.errors import MdprError
-from mdpr.evaluation.distance import compute_distance
+from mdpr.evaluation.distance import METRICS, compute_distance
 from mdpr.evaluation.metrics import evaluate
 from mdpr.evaluation.query_expansion import aqe
 from mdpr.evaluation.rerank import METHODS, estimate_re_rank, re_rank
 
-#: Distances every command accepts, and what they mean.
-METRICS = {"cosine": "1 - cosine similarity", "euclidean": "Euclidean distance"}
 AP_VARIANTS = ("standard", "trapezoid")
 
 #: ``progress(stage, done, total)``: stages "rerank:neighbours", "rerank:encoding", "rerank:jaccard".
@@ -133,17 +131,13 @@ class EvaluationResult:
 
 
 def check_comparable(query: LabelledFeatures, gallery: LabelledFeatures, metric: str) -> None:
-    """Query and gallery must come from the same model, options and normalisation."""
+    """Query and gallery must have the same dimension, flip option and normalisation (that they come from the
+    same weights is :func:`mdpr.store.check_same_weights`, checked where stores are read)."""
     qd, gd = query.features.shape[1], gallery.features.shape[1]
     if qd != gd:
         raise MdprError(
             f"The query features ({query.source}) are {qd}-d but the gallery features ({gallery.source}) are {gd}-d; "
             "extract both with the same model."
-        )
-    if query.fingerprint and gallery.fingerprint and query.fingerprint != gallery.fingerprint:
-        raise MdprError(
-            f"The query and gallery features come from different models (fingerprints {query.fingerprint[:12]} and "
-            f"{gallery.fingerprint[:12]}); extract both with the same weights."
         )
     if query.flip is not None and gallery.flip is not None and query.flip != gallery.flip:
         raise MdprError("One feature set was extracted with flip averaging and the other without; extract both the "

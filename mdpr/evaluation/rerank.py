@@ -163,8 +163,8 @@ class _RunningTopK:
 
             axis = 0 if transposed else 1
             take = min(self.keep, dist.shape[axis])
-            values, pick = torch.topk(torch.from_numpy(dist), take, dim=axis, largest=False, sorted=False)
-            values, pick = values.numpy(), pick.numpy()
+            top = torch.topk(torch.from_numpy(dist), take, dim=axis, largest=False, sorted=False)
+            values, pick = top.values.numpy(), top.indices.numpy()
             if transposed:
                 rows = np.broadcast_to(np.arange(col0, col0 + width)[None, :], pick.shape)
                 index = pick + row0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
 
-from mdpr.data.images import IMAGE_EXTENSIONS, find_images, parse_market_name
+from mdpr.data.images import IMAGE_EXTENSIONS, find_images, is_image_file, parse_market_name
 from mdpr.errors import MdprError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -23,14 +23,17 @@ class ImageItem:
 
 
 def items_from_folder(folder: PathLike) -> List[ImageItem]:
-    """Every image under ``folder`` (sorted, recursive) with pid / camid parsed from Market-style names."""
+    """Every image under ``folder`` (sorted, recursive), or the one image file ``folder`` names, with pid / camid
+    parsed from Market-style names."""
     root = Path(folder).expanduser()
     if not root.exists():
         raise MdprError(f"Image folder {root} does not exist; pass the folder that holds the crops to index.")
-    if not root.is_dir():
-        raise MdprError(f"{root} is a file, not a folder; --images takes a folder of images (searched recursively).")
+    if not root.is_dir() and not is_image_file(root):
+        exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise MdprError(f"{root} is not an image file ({exts}) or a folder of images; pass one of those.")
+    found = find_images(root) if root.is_dir() else [root]
     items = []
-    for path in find_images(root):
+    for path in found:
         parsed = parse_market_name(path)
         pid, camid = parsed if parsed is not None else (-1, -1)
         items.append(ImageItem(path.resolve(), max(pid, -1), camid))

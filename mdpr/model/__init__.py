@@ -1,8 +1,9 @@
-"""The MDPR model: building, loading and saving.
+"""The MDPR model: building, loading and saving, and the backbone-family registry.
 
 ``build_model(cfg)`` -> a fresh :class:`MDPR` (optionally initialised from ``cfg.model.pretrained``);
 ``load_model(path)`` -> ``(model in eval mode, Config)`` from an mdpr or official MDPR checkpoint;
-``save_checkpoint(path, model, config, classes)`` writes an mdpr checkpoint.
+``save_checkpoint(path, model, config, classes)`` writes an mdpr checkpoint;
+``register_backbone_family(name, factory)`` makes ``model.backbone=name`` build its :class:`Backbone`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,37 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from mdpr.config import Config, InputConfig, ModelConfig
+from mdpr.model import resnet as _resnet  # noqa: F401  (registers the built-in "resnet" family)
+from mdpr.model.backbone import (
+    Backbone,
+    BackboneFamily,
+    backbone_families,
+    get_backbone_family,
+    register_backbone_family,
+    unregister_backbone_family,
+)
 from mdpr.model.heads import EmbeddingHead, HeadOutput
-from mdpr.model.mdpr import MDPR, MDPROutputs, resolve_model_config
-from mdpr.model.weights import LoadReport, load_model, save_checkpoint, state_dict_fingerprint
+from mdpr.model.loading import LoadReport, load_model
+from mdpr.model.network import MDPR, MDPROutputs, resolve_model_config
+from mdpr.model.saving import save_checkpoint, state_dict_fingerprint
 
 __all__ = [
     "MDPR",
     "MDPROutputs",
+    "Backbone",
+    "BackboneFamily",
     "EmbeddingHead",
     "HeadOutput",
     "LoadReport",
+    "backbone_families",
     "build_model",
+    "get_backbone_family",
     "load_model",
+    "register_backbone_family",
+    "resolve_model_config",
     "save_checkpoint",
     "state_dict_fingerprint",
-    "resolve_model_config",
+    "unregister_backbone_family",
 ]
 
 
@@ -36,7 +53,7 @@ def build_model(cfg: Union[Config, ModelConfig], input_cfg: Optional[InputConfig
     ImageNet statistics). When ``model.pretrained`` names a file it initialises the backbone (torchvision, IBN-Net,
     LUPerson, fast-reid) or, for a full MDPR checkpoint, all weights except mismatching classifiers.
     """
-    from mdpr.model.weights import init_from_pretrained
+    from mdpr.model.init import init_from_pretrained
 
     if isinstance(cfg, Config):
         model_cfg, input_cfg = cfg.model, input_cfg or cfg.input

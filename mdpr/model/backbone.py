@@ -1,162 +1,155 @@
-"""ResNet-18/34/50/101/152 with optional IBN-a, laid out exactly as fast-reid builds it.
+"""The backbone seam: what MDPR takes from a backbone, and the registry of backbone families.
 
-Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1`` ...), so torchvision,
-IBN-Net and LUPerson checkpoints load by name. Two details differ from torchvision and matter for
-numerical equivalence with fast-reid models:
+MDPR needs three pieces from a backbone (:class:`Backbone`): a **stem** shared by both branches and a **pair of
+stages** that each branch gets its own copy of (MDPR calls them ``layer3`` and ``layer4`` whatever the family), with
+the stages' output channel counts. Both stages must produce maps of the same height and width: the Soft Content
+Branch fuses its layer3 and layer4 maps.
 
-* the stem max-pool is ``MaxPool2d(3, stride=2, padding=0, ceil_mode=True)`` (torchvision: padding 1);
-* with IBN-a, ``bn1`` of every block in layer1..layer3 (never layer4) is an :class:`IBN`: instance norm
-  on the first ``planes // 2`` channels, batch norm on the rest (keys ``bn1.IN.*`` / ``bn1.BN.*``).
+A family is registered once under a name, which is what ``model.backbone`` selects::
 
-The stride of a bottleneck sits in its 3x3 convolution (ResNet v1.5), and ``layer4`` keeps a
-downsample projection even with last stride 1 (its channel count changes).
+    from mdpr.model import Backbone, register_backbone_family
+
+    def build_tiny(cfg: ModelConfig) -> Backbone:
+        return Backbone(stem=..., stages=(stage3, stage4), channels=(128, 256))
+
+    register_backbone_family("tiny", build_tiny)
+
+ResNet(-IBN-a) 18..152 (:mod:`mdpr.model.resnet`) is the built-in ``resnet`` family. Weight loading
+(:mod:`mdpr.model.init`) and architecture inference (:mod:`mdpr.model.loading`) go through the family: its
+``file_prefixes`` say where the stem's and the stages' keys sit in a whole-backbone weights file (for ResNet the
+torchvision names: the stem's own keys ``conv1.*`` ... ``layer2.*`` and the stages under ``layer3.`` / ``layer4.``),
+its optional ``infer`` reads the family's settings back from keys.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple, Type, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from mdpr.config import ModelConfig
 from mdpr.errors import MdprError
 
-#: blocks per stage and block type for each supported depth
-RESNET_STAGES: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
+#: the state dicts of a backbone's three parts, keyed as inside each part: (stem, layer3 stage, layer4 stage)
+BackboneParts = Tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-class IBN(nn.Module):
-    """Instance-batch normalisation (IBN-a): InstanceNorm on the first half of the channels, BatchNorm on the rest."""
+@dataclass
+class Backbone:
+    """What one family builds for one :class:`ModelConfig`.
 
-    def __init__(self, planes: int) -> None:
-        super().__init__()
-        self.half = planes // 2
-        self.IN = nn.InstanceNorm2d(self.half, affine=True)
-        self.BN = nn.BatchNorm2d(planes - self.half)
+    ``stem``: normalised images (N, 3, H, W) -> the shared map. ``stages``: the (layer3, layer4) modules, deep-copied
+    into each branch; layer3 maps the stem's output to ``channels[0]`` channels, layer4 maps that to ``channels[1]``
+    channels at the same resolution.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, second = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
-        return torch.cat((self.IN(first.contiguous()), self.BN(second.contiguous())), dim=1)
-
-
-def _norm(planes: int, ibn: bool) -> nn.Module:
-    return IBN(planes) if ibn else nn.BatchNorm2d(planes)
+    stem: nn.Module
+    stages: Tuple[nn.Module, nn.Module]
+    channels: Tuple[int, int]
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34)."""
+@dataclass(frozen=True)
+class BackboneFamily:
+    """A registered backbone family (see :func:`register_backbone_family` for the fields)."""
 
-    expansion = 1
+    name: str
+    build: Callable[[ModelConfig], Backbone]
+    file_prefixes: Tuple[str, str, str] = ("stem.", "layer3.", "layer4.")
+    config_keys: Tuple[str, ...] = ()
+    infer: Optional[Callable[[BackboneParts, str], Optional[Dict[str, Any]]]] = None
+    describe: Optional[Callable[[ModelConfig], str]] = None
+    validate: Optional[Callable[[ModelConfig], None]] = None
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ibn: bool = False,
-                 downsample: Union[nn.Module, None] = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = _norm(planes, ibn)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
+    def title(self, cfg: ModelConfig) -> str:
+        """Human name of the backbone ``cfg`` selects (``"ResNet-50-IBN-a"``; the family name by default)."""
+        return self.describe(cfg) if self.describe is not None else self.name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+    def settings(self, cfg: ModelConfig) -> str:
+        """``model.backbone=resnet, model.depth=50, model.ibn=true``: the config keys that select it."""
+        items = [("backbone", cfg.backbone)] + [(k, getattr(cfg, k)) for k in self.config_keys]
+        return ", ".join(f"model.{k}={_yaml_value(v)}" for k, v in items)
 
+    def split_file(self, state_dict: Mapping[str, torch.Tensor]) -> Tuple[BackboneParts, List[str]]:
+        """A whole-backbone state dict -> its (stem, layer3, layer4) parts and the keys that belong to none.
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (strided) -> 1x1 bottleneck (ResNet-50/101/152)."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ibn: bool = False,
-                 downsample: Union[nn.Module, None] = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = _norm(planes, ibn)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        The longest matching prefix wins, so a stem prefix "" (ResNet) takes only what the stages do not.
+        """
+        parts: Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict[str, torch.Tensor]] = ({}, {}, {})
+        rest: List[str] = []
+        order = sorted(range(3), key=lambda i: -len(self.file_prefixes[i]))
+        for key, value in state_dict.items():
+            for i in order:
+                if key.startswith(self.file_prefixes[i]):
+                    parts[i][key[len(self.file_prefixes[i]):]] = value
+                    break
+            else:
+                rest.append(key)
+        return parts, rest
 
 
-def _make_stage(block: Type[Union[BasicBlock, Bottleneck]], inplanes: int, planes: int, blocks: int,
-                stride: int, ibn: bool) -> nn.Sequential:
-    out_planes = planes * block.expansion
-    downsample = None
-    if stride != 1 or inplanes != out_planes:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, out_planes, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(out_planes))
-    layers = [block(inplanes, planes, stride, ibn, downsample)]
-    layers += [block(out_planes, planes, 1, ibn) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
+def _yaml_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_depth(depth: int) -> None:
-    if depth not in RESNET_STAGES:
-        raise MdprError(f"Unsupported ResNet depth {depth}; use one of {', '.join(map(str, RESNET_STAGES))} "
-                        f"(model.depth).")
+_FAMILIES: Dict[str, BackboneFamily] = {}
 
 
-def stage_channels(depth: int) -> List[int]:
-    """Output channels of layer1..layer4 (e.g. ``[256, 512, 1024, 2048]`` for ResNet-50)."""
-    check_depth(depth)
-    expansion = 1 if RESNET_STAGES[depth][0] == "basic" else 4
-    return [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+def register_backbone_family(
+    name: str,
+    factory: Callable[[ModelConfig], Backbone],
+    *,
+    file_prefixes: Tuple[str, str, str] = ("stem.", "layer3.", "layer4."),
+    config_keys: Tuple[str, ...] = (),
+    infer: Optional[Callable[[BackboneParts, str], Optional[Dict[str, Any]]]] = None,
+    describe: Optional[Callable[[ModelConfig], str]] = None,
+    validate: Optional[Callable[[ModelConfig], None]] = None,
+    replace: bool = False,
+) -> BackboneFamily:
+    """Make ``model.backbone=NAME`` build its backbone with ``factory(model_config)``.
+
+    ``file_prefixes``: where the stem's, layer3's and layer4's keys sit in a whole-backbone weights file
+    (``model.pretrained``). ``config_keys``: the ``ModelConfig`` fields the family reads (named in messages).
+    ``infer(parts, where)``: those fields' values read from the parts' state dicts, or None if the keys are not this
+    family's (lets official and bare checkpoints load without a config, and names what a mismatching file holds); it
+    may raise :class:`MdprError` for keys of this family in a layout it cannot build, starting the sentence with
+    ``where`` (the file's name).
+    ``describe(cfg)``: a human name for messages. ``validate(cfg)``: raise :class:`MdprError` for settings the family
+    cannot build. A name is registered once unless ``replace``.
+    """
+    if not replace and name in _FAMILIES:
+        raise ValueError(f"backbone family {name!r} is already registered (pass replace=True to override it)")
+    prefixes = (file_prefixes[0], file_prefixes[1], file_prefixes[2])
+    family = BackboneFamily(name, factory, prefixes, tuple(config_keys), infer, describe, validate)
+    _FAMILIES[name] = family
+    return family
 
 
-class ResNet(nn.Module):
-    """fast-reid's ResNet (no classifier): ``forward`` returns the layer4 feature map."""
+def unregister_backbone_family(name: str) -> None:
+    """Remove a registered family (tests that register a temporary one)."""
+    _FAMILIES.pop(name, None)
 
-    def __init__(self, depth: int = 50, ibn: bool = False, last_stride: int = 1) -> None:
-        super().__init__()
-        check_depth(depth)
-        kind, blocks = RESNET_STAGES[depth]
-        block = BasicBlock if kind == "basic" else Bottleneck
-        self.depth = depth
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        # fast-reid's stem pool: no padding, ceil mode (a 384x192 input gives 96x48 after layer1 either way,
-        # but the pooled windows differ from torchvision's padding=1 version)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        widths = (64, 128, 256, 512)
-        strides = (1, 2, 2, last_stride)
-        inplanes = 64
-        for index, (planes, count, stride) in enumerate(zip(widths, blocks, strides), start=1):
-            # IBN-a only in layer1..layer3
-            stage = _make_stage(block, inplanes, planes, count, stride, ibn and index < 4)
-            setattr(self, f"layer{index}", stage)
-            inplanes = planes * block.expansion
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """fast-reid's random initialisation (used when no pretrained weights are given)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-            elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+def backbone_families() -> List[str]:
+    """Names of the registered families, in registration order (the built-in ``resnet`` first)."""
+    return list(_FAMILIES)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        return self.layer4(self.layer3(x))
+
+def get_backbone_family(name: str) -> BackboneFamily:
+    """The family registered as ``name`` (one :class:`MdprError` naming the registered ones otherwise)."""
+    family = _FAMILIES.get(name)
+    if family is None:
+        raise MdprError(f"Unknown model.backbone '{name}'; use one of {', '.join(_FAMILIES) or '(none)'}, or register "
+                        f"your own family with mdpr.model.register_backbone_family.")
+    return family
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """Build the backbone ``cfg.backbone`` names, checking that it honours the :class:`Backbone` contract."""
+    family = get_backbone_family(cfg.backbone)
+    backbone = family.build(cfg)
+    if not isinstance(backbone, Backbone) or len(backbone.stages) != 2 or len(backbone.channels) != 2:
+        raise TypeError(f"backbone family {family.name!r} must build a Backbone with two stages and two channel counts")
+    return backbone
+

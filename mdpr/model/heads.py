@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +65,18 @@ class EmbeddingHead(nn.Module):
         self.bnneck.bias.requires_grad_(False)
         self.classifier = Classifier(dim, num_classes, classifier) if num_classes > 0 else None
 
-    def forward(self, x: torch.Tensor):
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The BNNeck output (N, dim): the head's part of the eval feature (BatchNorm in the module's current mode)."""
         if x.dim() == 4 and isinstance(self.pool, nn.Identity):
             x = x.flatten(1)
-        features = self.bnneck(self.pool(x))
-        if not self.training:
-            return features
+        return self.bnneck(self.pool(x))
+
+    def forward_train(self, x: torch.Tensor) -> HeadOutput:
+        """BNNeck features and classifier logits for the losses."""
+        features = self.embed(x)
         logits = self.classifier(features) if self.classifier is not None else None
         return HeadOutput(features=features, logits=logits)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, HeadOutput]:
+        """:meth:`forward_train` in training mode, :meth:`embed` in eval mode (call those for a precise type)."""
+        return self.forward_train(x) if self.training else self.embed(x)

@@ -1,4 +1,4 @@
-"""Building blocks of MDPR: GeM pooling, embeddings, attention makers, bilinear attention pooling, fusion blocks."""
+"""Building blocks of MDPR: IBN-a normalisation, GeM pooling, embeddings, attention makers, bilinear attention pooling, fusion blocks."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ def kaiming_init(module: nn.Module) -> None:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class IBN(nn.Module):
+    """Instance-batch normalisation (IBN-a): InstanceNorm on the first half of the channels, BatchNorm on the rest.
+
+    Weight loading recognises this module: a plain BatchNorm entry in a file is split into its two halves.
+    """
+
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.instance_channels = planes // 2
+        self.IN = nn.InstanceNorm2d(self.instance_channels, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.instance_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = torch.split(x, [self.instance_channels, x.shape[1] - self.instance_channels], dim=1)
+        return torch.cat((self.IN(first.contiguous()), self.BN(second.contiguous())), dim=1)
 
 
 class GeM(nn.Module):

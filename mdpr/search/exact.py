@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from mdpr.errors import MdprError
+from mdpr.evaluation.distance import METRICS as DISTANCE_METRICS
 from mdpr.store import FeatureStore
 
-METRICS = ("cosine", "euclidean")
+METRICS = tuple(DISTANCE_METRICS)  # the one vocabulary (mdpr.evaluation.distance.METRICS)
 #: Upper bound on the memory of the block-by-probe score buffer.
 SCORE_BUFFER_BYTES = 64 << 20
 #: Rows per block when the gallery is already in memory.

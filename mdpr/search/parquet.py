@@ -19,7 +19,7 @@ import numpy as np
 
 from mdpr import __version__
 from mdpr.errors import MdprError
-from mdpr.fileio import atomic_path, atomic_write_json
+from mdpr.fileio import atomic_path, atomic_write_json, check_output_folder
 from mdpr.store import FeatureStore
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -65,6 +65,7 @@ def export_parquet(
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise MdprError(f"Parquet folder {out} is a file; pass a folder name.")
+    check_output_folder(out, "the Parquet folder")
     if out.is_dir():
         foreign = [p.name for p in out.iterdir() if not (p.name == META_FILE or p.name.startswith("part-"))]
         if foreign:

@@ -116,7 +116,8 @@ def _save_store(path: Path, side: LabelledFeatures, records: List[Any], extracto
         flip=bool(side.flip), model_config=extractor.config.to_dict(), preprocessing=dict(extractor.preprocessing or {}),
         root=str(Path(manifest.root).resolve()),
     )
-    write_store(path, meta, side.features, [r.path for r in records], side.pids, side.camids, failed=side.unreadable)
+    write_store(path, meta, side.features, [r.path for r in records], side.pids.tolist(), side.camids.tolist(),
+                failed=side.unreadable)
 
 
 def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
@@ -134,22 +135,26 @@ def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
             raise MdprError("Pass both query_store and gallery_store (one feature store each).")
         if request.save_features is not None or request.flip:
             raise MdprError("save_features and flip apply to extraction; they cannot be used with stored features.")
+        from mdpr.store import check_same_weights
+
         query = load_store_features(request.query_store, "query")
         gallery = load_store_features(request.gallery_store, "gallery")
+        check_same_weights(gallery, query.fingerprint, f"the weights of the query store {request.query_store}",
+                           store_label=f"the gallery store {request.gallery_store}", allow_unknown=True)
         result = evaluate_features(query, gallery, request.protocol, progress=progress, note=note)
     elif request.dataset is not None and request.weights is not None:
         from mdpr.data.records import load_dataset
         from mdpr.inference import FeatureExtractor
-        from mdpr.runtime import apply_cpu_threads
+        from mdpr.runtime import cpu_threads
 
         if request.save_features is not None:
             check_output_folder(request.save_features, "save_features")
         manifest = load_dataset(request.dataset)
-        apply_cpu_threads(request.threads)
-        extractor = FeatureExtractor(str(request.weights), device=request.device, batch_size=request.batch_size,
-                                     num_workers=request.num_workers, flip=request.flip)
-        result = evaluate_extractor(extractor, manifest, request.protocol, save_features=request.save_features,
-                                    progress=progress, note=note)
+        with cpu_threads(request.threads):
+            extractor = FeatureExtractor(str(request.weights), device=request.device, batch_size=request.batch_size,
+                                         num_workers=request.num_workers, flip=request.flip)
+            result = evaluate_extractor(extractor, manifest, request.protocol, save_features=request.save_features,
+                                        progress=progress, note=note)
     else:
         raise MdprError("Say what to evaluate: a dataset with weights, or query and gallery feature stores.")
     if request.save_metrics is not None:

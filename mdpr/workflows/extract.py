@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from mdpr.errors import MdprError
 from mdpr.inference import FeatureExtractor, ImageItem, Progress
@@ -19,8 +19,8 @@ SPLITS = ("query", "gallery", "train")
 class ExtractRequest:
     """Images (a folder, or a prepared dataset's split) to embed into the store ``output``."""
 
-    output: Path
-    weights: Path
+    output: Optional[Path] = None  #: None: MDPR_HOME/stores/<folder name>.h5 (``images`` only)
+    weights: Optional[Path] = None  #: None: the most recent model trained with ``mdpr train``
     images: Optional[Path] = None
     dataset: Optional[str] = None
     split: str = "gallery"
@@ -41,7 +41,8 @@ def select_images(request: ExtractRequest) -> Tuple[List[ImageItem], Path, str]:
     if (request.images is None) == (request.dataset is None):
         raise MdprError("Pass exactly one of images FOLDER or dataset NAME to say which images to index.")
     if request.images is not None:
-        return items_from_folder(request.images), request.images.expanduser().resolve(), str(request.images)
+        folder = request.images.expanduser().resolve()
+        return items_from_folder(folder), folder if folder.is_dir() else folder.parent, str(request.images)
     from mdpr.data.records import load_dataset
 
     if request.split not in SPLITS:
@@ -59,20 +60,37 @@ def run_extract(request: ExtractRequest, progress: Optional[Progress] = None,
                 note: Optional[Note] = None) -> ExtractionSummary:
     """Check the inputs and the output path, load the model, and embed the images into the store."""
     from mdpr.fileio import check_output_file
-    from mdpr.runtime import apply_cpu_threads
+    from mdpr.runtime import cpu_threads
+    from mdpr.workflows.history import default_store_path, latest_model, record_store
 
     if request.batch_size < 1:
         raise MdprError(f"batch_size must be at least 1, got {request.batch_size}.")
     items, root, source = select_images(request)
-    check_output_file(request.output, "the feature store")
-    _, why = apply_cpu_threads(request.threads)
-    extractor = FeatureExtractor(request.weights, device=request.device, batch_size=request.batch_size,
-                                 num_workers=request.workers, flip=request.flip)
-    if why == "busy" and extractor.device.type == "cpu" and note is not None:
-        note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with threads.")
-    summary = extract_to_store(extractor, items, request.output, root=root, half=request.half, append=request.append,
-                               checkpoint_interval=request.checkpoint_interval, progress=progress)
+    weights = request.weights
+    if weights is None:
+        weights = latest_model()
+        if note is not None:
+            note(f"using the most recent trained model {weights} (choose another with weights CKPT).")
+    output = request.output
+    if output is None:
+        if request.images is None:
+            raise MdprError("Name the store to write with output STORE.h5 (a default is only chosen for an image "
+                            "folder).", keys=["output STORE.h5"])
+        output = default_store_path(request.images)
+        if note is not None:
+            note(f"writing the store {output} (choose another with output STORE.h5).")
+    check_output_file(output, "the feature store")
+    with cpu_threads(request.threads) as (_, why):
+        extractor = FeatureExtractor(weights, device=request.device, batch_size=request.batch_size,
+                                     num_workers=request.workers, flip=request.flip)
+        if why == "busy" and extractor.device.type == "cpu" and note is not None:
+            note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
+                 "threads.")
+        summary = extract_to_store(extractor, items, output, root=root, half=request.half,
+                                   append=request.append, checkpoint_interval=request.checkpoint_interval,
+                                   progress=progress)
     summary.source = source
+    record_store(summary.output, weights, extractor.fingerprint, summary.total, source, note)
     return summary
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -90,6 +108,13 @@ class ExtractionSummary:
     dim: int
     dtype: str
     source: str = ""  #: what was indexed ("crops/", "demo/gallery")
+
+    def to_json(self) -> Dict[str, Any]:
+        """What ``mdpr extract --json`` prints."""
+        return {"store": str(self.output), "source": self.source, "rows": self.total, "added": self.added,
+                "already_stored": self.already_stored, "resumed": self.resumed, "dim": self.dim, "dtype": self.dtype,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
+                "failed": [{"path": path, "reason": reason} for path, reason in self.failed]}
 
     @property
     def images_per_second(self) -> float:
@@ -127,6 +152,9 @@ def extract_to_store(
         model_config=extractor.config.to_dict(),
         preprocessing=extractor.preprocessing,
         root=str(Path(root).expanduser().resolve()) if root is not None else None,
+        weights=str(Path(extractor.weights).resolve()) if extractor.weights is not None else "",
+        backend=extractor.backend,
+        precision=extractor.precision,
     )
     started = time.monotonic()
     writer = StoreWriter(out, meta, checkpoint_interval=checkpoint_interval)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 from mdpr.errors import MdprError
+from mdpr.fileio import check_output_folder
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: ``progress(stage, done, total)``; stages ``train``, ``add``, ``recall``.
@@ -113,6 +114,7 @@ def build_index(
     ``kind="auto"`` may choose exact search (a store below about a million rows): nothing is written and the
     result says why.
     """
+    from mdpr.search import index_dir_for
     from mdpr.search.faiss_index import build_index as build
     from mdpr.search.faiss_index import choose_kind
 
@@ -124,6 +126,7 @@ def build_index(
                 return IndexBuildResult(store=Path(store.path), kind="exact", reason=reason, rows=len(store),
                                         dim=store.dim, metric=metric, memory_bytes=0, recall={}, settings={},
                                         params={}, shards=0, seconds=round(time.perf_counter() - started, 3))
+        check_output_folder(index_dir_for(store.path), "the index")
         meta = build(store, kind, metric, recall=recall, nlist=nlist, m=m, nbits=nbits, hnsw_m=hnsw_m,
                      ef_construction=ef_construction, shards=shards, gpu=gpu, threads=threads, progress=progress)
         assert meta is not None
@@ -132,11 +135,12 @@ def build_index(
 
 def update_index(gallery: PathLike, progress: Optional[Stage] = None) -> IndexBuildResult:
     """Add the rows appended to ``gallery`` since its index was built (refused as stale when not a pure append)."""
-    from mdpr.search import read_index_meta
+    from mdpr.search import index_dir_for, read_index_meta
     from mdpr.search.faiss_index import update_index as update
 
     started = time.perf_counter()
     with _open_store(gallery) as store:
+        check_output_folder(index_dir_for(store.path), "the index")
         before = read_index_meta(store)
         meta = update(store, progress=progress)
         return _result(store, meta, time.perf_counter() - started,

@@ -8,7 +8,9 @@ from typing import Callable, List, Optional, Tuple
 
 from mdpr.data.datasets.base import PrepareOptions
 from mdpr.data.prepare import PrepareResult, prepare_dataset
+from mdpr.data.records import registry_dir
 from mdpr.errors import MdprError
+from mdpr.fileio import check_output_folder
 
 #: ``progress(done, total, stage)``
 Progress = Callable[[int, int, str], None]
@@ -42,7 +44,7 @@ class PrepareOutcome:
     notes: List[str]
 
     @property
-    def unreadable(self) -> List[Tuple[str, str]]:
+    def unreadable(self) -> List[Tuple[Path, str]]:
         return list(self.result.unreadable)
 
 
@@ -55,10 +57,13 @@ def prepare(request: PrepareRequest, progress: Optional[Progress] = None) -> Pre
     if key != DEMO and changed:
         used = ", ".join(changed)
         raise MdprError(f"{used} appl{'ies' if len(changed) == 1 else 'y'} to `mdpr prepare demo` only.", keys=changed)
+    check_output_folder(registry_dir(), "the dataset registry (MDPR_HOME/datasets)")
+    if key == DEMO:
+        check_output_folder(request.root, "the demo's image folder")
     notes: List[str] = []
     label = None
     if key == DEMO:
-        from mdpr.data.demo import generate_demo, parse_size
+        from mdpr.data.synthetic import generate_demo, parse_size
 
         summary = generate_demo(
             request.root, num_ids=request.ids, images_per_id=request.images_per_id, cameras=request.cameras,
@@ -68,7 +73,7 @@ def prepare(request: PrepareRequest, progress: Optional[Progress] = None) -> Pre
         notes.append(f"generated the demo in {summary.root}" if summary.generated else f"reused the demo in {summary.root}")
         label = DEMO
     result = prepare_dataset(
-        "market1501" if key == DEMO else key,
+        "market1501" if key == DEMO else request.dataset,  # the name as typed: it may choose a variant
         request.root,
         name=request.name or key,
         options=request.options,

@@ -16,14 +16,15 @@ class QueryRequest:
     """Probes (files or folders) against the store ``gallery``, embedded with ``weights``."""
 
     probes: List[Path]
-    gallery: Path
-    weights: Path
+    gallery: Optional[Path] = None  #: None: the most recently written store
+    weights: Optional[Path] = None  #: None: the checkpoint recorded in the store
     top_k: int = 10
     rerank: bool = False
     rerank_pool: int = 100
     metric: str = "cosine"
     device: str = "auto"
     threads: Optional[int] = None
+    workers: int = 1  #: threads decoding the probe images
     picture: Optional[Path] = None  #: write a ranked-list PNG here
 
 
@@ -39,7 +40,7 @@ class ProbeResult:
 class QueryResult:
     probes: List[ProbeResult]
     gallery: Path
-    weights: Path
+    weights: Optional[Path]
     reranked: bool
     incomplete_store: bool  #: an extraction into the store was interrupted (rows may be missing)
     picture: Optional[Path] = None
@@ -52,12 +53,12 @@ class QueryResult:
 
 def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult:
     """Embed the probes with the store's own weights and list the nearest gallery rows."""
-    from mdpr.data.images import decode_image
+    from mdpr.data.images import decode_images
     from mdpr.fileio import check_output_file
     from mdpr.inference import FeatureExtractor, image_files
-    from mdpr.runtime import apply_cpu_threads
+    from mdpr.runtime import cpu_threads
     from mdpr.search import METRICS, ranked_results, search
-    from mdpr.store import FeatureStore
+    from mdpr.store import FeatureStore, check_same_weights
 
     if request.metric not in METRICS:
         raise MdprError(f"metric must be one of {', '.join(METRICS)}, not {request.metric!r}.")
@@ -68,7 +69,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
             raise MdprError(f"The ranked-list picture is a PNG; give it a .png file name instead of {request.picture}.")
         check_output_file(request.picture, "the ranked-list picture")
     probe_paths = image_files(request.probes, "Probe image")
-    probe_images = [decode_image(p, "Probe image") for p in probe_paths]  # refused before the model loads
+    probe_images = decode_images(probe_paths, "Probe image", request.workers)  # refused before the model loads
     notes: List[str] = []
 
     def say(message: str) -> None:
@@ -76,17 +77,24 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if note is not None:
             note(message)
 
-    with FeatureStore.open(request.gallery) as store:
+    gallery = request.gallery
+    if gallery is None:
+        from mdpr.workflows.history import latest_store
+
+        gallery = latest_store()
+        say(f"searching the most recent store {gallery} (choose another with gallery STORE).")
+    with FeatureStore.open(gallery) as store, cpu_threads(request.threads) as (_, why):
         if len(store) == 0:
-            raise MdprError(f"Feature store {request.gallery} is empty; add images with "
-                            f"`mdpr extract --output {request.gallery}`.")
+            raise MdprError(f"Feature store {gallery} is empty; add images with `mdpr extract --output {gallery}`.")
+        weights = request.weights
+        if weights is None:
+            weights = _recorded_weights(store)
         incomplete = bool(store.has_pending_journal or not store.complete)
         if incomplete:
-            say(f"{request.gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
+            say(f"{gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
                 "command to finish it.")
-        _, why = apply_cpu_threads(request.threads)
-        extractor = FeatureExtractor(request.weights, device=request.device, num_workers=0, flip=store.flip)
-        _check_same_weights(store, extractor.fingerprint, request.weights)
+        extractor = FeatureExtractor(weights, device=request.device, num_workers=0, flip=store.flip)
+        check_same_weights(store, extractor.fingerprint, f"the weights {weights}")
         if why == "busy" and extractor.device.type == "cpu":
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
@@ -96,8 +104,20 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         rows = ranked_results(store, found)
         if request.picture is not None:
             _save_picture(store, probe_paths, rows, request.picture)
-    return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], request.gallery, request.weights,
+    return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], gallery, weights,
                        request.rerank, incomplete, request.picture, notes)
+
+
+def _recorded_weights(store: Any) -> Path:
+    """The checkpoint a store records as its maker, refused in one sentence when it is gone."""
+    if not store.weights:
+        raise MdprError(f"{store.path} does not record the checkpoint that made it (written by an earlier version or "
+                        "another tool); pass weights CKPT.", keys=["weights CKPT"])
+    recorded = Path(store.weights)
+    if not recorded.is_file():
+        raise MdprError(f"The checkpoint {recorded} that made {store.path} no longer exists; pass weights CKPT with "
+                        "the same weights, or extract the store again.", keys=["weights CKPT"])
+    return recorded
 
 
 def _save_picture(store: Any, probe_paths: List[Path], results: List[List[Dict[str, Any]]], target: Path) -> None:
@@ -119,11 +139,3 @@ def _save_picture(store: Any, probe_paths: List[Path], results: List[List[Dict[s
         rows.append(RankedRow(Tile(probe, caption, PROBE), tiles))
     save_ranked_lists(rows, target, thumb_size=thumb)
 
-
-def _check_same_weights(store: Any, fingerprint: str, weights: Path) -> None:
-    if fingerprint != store.fingerprint:
-        raise MdprError(
-            f"The weights {weights} (fingerprint {fingerprint}) are not the ones that made {store.path} "
-            f"(fingerprint {store.fingerprint or 'none'}); query with the same weights, or re-extract the gallery "
-            f"with `mdpr extract --weights {weights}`."
-        )

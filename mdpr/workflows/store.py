@@ -1,13 +1,20 @@
-"""``mdpr store``: operations on a whole feature store (export of its rows as Parquet)."""
+"""``mdpr store``: operations on a whole feature store: ``compact`` (merge its segments into one file) and
+``export`` (its rows as Parquet)."""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
+from mdpr.fileio import check_output_file
+
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: Progress reports: a short description of the step about to run.
+StepCallback = Callable[[str], None]
 
 
 @dataclass
@@ -43,4 +50,46 @@ def export_store_parquet(
                                    bytes=out.bytes)
 
 
-__all__ = ["ParquetExportResult", "export_store_parquet"]
+@dataclass
+class CompactResult:
+    """What compacting a store did."""
+
+    store: Path
+    rows: int
+    segments_before: int
+    segments_after: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return self.segments_before != self.segments_after or self.bytes_before != self.bytes_after
+
+
+def compact_store(store: Union[str, Path], progress: Optional[StepCallback] = None) -> CompactResult:
+    """Merge ``store``'s segments (and the rows of an interrupted run's journal) into one HDF5 file.
+
+    Crash-safe (the new file replaces the store atomically; the segments are removed afterwards) and
+    refused while another process writes the store. Rows, order, version stamp and ``complete`` stay.
+    """
+    from mdpr.store import compact
+
+    started = time.monotonic()
+    if progress is not None:
+        progress(f"Compacting {store}")
+    path = Path(store).expanduser()
+    check_output_file(path, "the compacted store")  # it replaces the store in its own folder
+    done = compact(path)
+    return CompactResult(
+        store=done.path,
+        rows=done.rows,
+        segments_before=done.segments_before,
+        segments_after=done.segments_after,
+        bytes_before=done.bytes_before,
+        bytes_after=done.bytes_after,
+        seconds=time.monotonic() - started,
+    )
+
+
+__all__ = ["CompactResult", "ParquetExportResult", "compact_store", "export_store_parquet"]

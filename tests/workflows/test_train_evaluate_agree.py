@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from trainkit import TINY
 from typer.testing import CliRunner
 
@@ -27,7 +28,11 @@ def test_final_training_metrics_equal_mdpr_evaluate_on_model_pt(tmp_path: Path) 
     assert trained.exit_code == 0, trained.output
     final = json.loads((run / "summary.json").read_text())["final_metrics"]
 
-    evaluated = runner.invoke(app, ["evaluate", "--dataset", "agree", "--weights", str(run / "model.pt"), "--json"])
+    # the same torch threads as training (evaluate drops to one thread on a busy machine, which may change
+    # the last bits of a feature)
+    threads = str(torch.get_num_threads())
+    evaluated = runner.invoke(app, ["evaluate", "--dataset", "agree", "--weights", str(run / "model.pt"), "--json",
+                                    "--threads", threads])
     assert evaluated.exit_code == 0, evaluated.output
     out = json.loads(evaluated.stdout)
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_queries", "num_valid_queries", "num_gallery",

@@ -58,6 +58,9 @@ class DatasetSpec:
     aliases: Tuple[str, ...] = ()
     options: Tuple[str, ...] = ()  #: names of the :class:`PrepareOptions` fields it accepts
     layout: str = ""  #: one line shown in errors and docs
+    #: names of the official downloads without suffix (``DukeMTMC-reID`` for ``DukeMTMC-reID.zip``);
+    #: ``prepare`` extracts one found in ROOT when the dataset folder is not there
+    archives: Tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------- folder discovery

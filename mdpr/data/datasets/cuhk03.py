@@ -21,8 +21,6 @@ the camera id is the view (0 or 1), so CUHK03 reports 2 cameras. Missing images 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -40,6 +38,7 @@ from mdpr.data.datasets.base import (
 )
 from mdpr.data.datasets.matv5 import MatFileError, load_mat_v5
 from mdpr.errors import MdprError
+from mdpr.fileio import atomic_batch
 
 VARIANTS = ("labeled", "detected")
 PROTOCOLS = ("new", "classic")
@@ -106,21 +105,12 @@ class RawMat:
         """The 20 classic test splits, each an (n, 2) int array of ``[camera pair, person]``."""
         return [np.asarray(self.file[ref][()]).T.astype(int) for ref in self._refs("testsets")]
 
-    def save_image(self, ref: object, dest: Path) -> None:
+    def save_image(self, ref: object, path: Path) -> None:
+        """Write one image as PNG to ``path`` (a temporary file of :func:`mdpr.fileio.atomic_batch`)."""
         from PIL import Image
 
         pixels = np.ascontiguousarray(np.asarray(self.file[ref][()]).T)  # (H, W, 3)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png", dir=dest.parent)
-        os.close(fd)
-        try:
-            Image.fromarray(pixels.astype(np.uint8)).save(tmp, format="PNG")
-            if dest.exists():  # someone else extracted it meanwhile: keep theirs
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        Image.fromarray(pixels.astype(np.uint8)).save(path, format="PNG")
 
 
 def extract_images(
@@ -132,10 +122,12 @@ def extract_images(
     except OSError as exc:
         raise MdprError(f"Cannot create {out_dir} to extract CUHK03 images ({exc.strerror}).") from None
     todo = [(name, ref) for _, _, images in persons for name, ref in images if not (out_dir / name).exists()]
-    for i, (name, ref) in enumerate(todo):
-        raw.save_image(ref, out_dir / name)
-        if progress:
-            progress(i + 1, len(todo), f"extracting {out_dir.name}")
+    with atomic_batch() as batch:
+        for i, (name, ref) in enumerate(todo):
+            raw.save_image(ref, batch.path(out_dir / name))
+            batch.commit_if_full()
+            if progress:
+                progress(i + 1, len(todo), f"extracting {out_dir.name}")
     return len(todo)
 
 
@@ -164,9 +156,12 @@ def _new_protocol(folder: Path, variant: str, image_dir: str) -> Tuple[List, Lis
     return items("train_idx"), items("query_idx"), items("gallery_idx")
 
 
-def _classic_protocol(persons, testset: np.ndarray, image_dir: str) -> Tuple[List, List]:
+def _classic_protocol(
+    persons: List[Tuple[int, int, List[Tuple[str, object]]]], testset: np.ndarray, image_dir: str
+) -> Tuple[List[Tuple[str, int, int]], List[Tuple[str, int, int]]]:
     test_pairs = {(int(a), int(b)) for a, b in testset}
-    train, test = [], []
+    train: List[Tuple[str, int, int]] = []
+    test: List[Tuple[str, int, int]] = []
     for label, (campair, person, images) in enumerate(persons, start=1):
         target = test if (campair, person) in test_pairs else train
         target += [(f"{image_dir}/{name}", label, camid_of(name)) for name, _ in images]
@@ -214,10 +209,10 @@ def parse_cuhk03(root: Path, opts: PrepareOptions, progress: Progress = None) ->
         if missing and raw is not None:
             persons = persons if persons is not None else raw.persons(variant)
             written = extract_images(raw, persons, folder / image_dir, progress)
-            notes.append(f"extracted {written} images from {mat_path.name} into {folder / image_dir}")
+            notes.append(f"extracted {written} images from {raw.path.name} into {folder / image_dir}")
             missing = sorted(p for p in needed if not (folder / p).is_file())
         if missing:
-            source = f"{mat_path.name} has no such image" if raw else "cuhk03_release/cuhk-03.mat is not there to extract it"
+            source = f"{raw.path.name} has no such image" if raw else "cuhk03_release/cuhk-03.mat is not there to extract it"
             raise MdprError(
                 f"{len(missing)} CUHK03 image(s) of the split are missing, e.g. {folder / missing[0]} ({source})."
             )
@@ -241,6 +236,8 @@ CUHK03 = DatasetSpec(
     name="cuhk03",
     title="CUHK03",
     parse=parse_cuhk03,
+    aliases=("cuhk",),
+    archives=("cuhk03_release", "cuhk03"),
     options=("variant", "protocol"),
     layout="cuhk03_release/cuhk-03.mat and/or images_{labeled,detected}/, cuhk03_new_protocol_config_{labeled,detected}.mat",
 )

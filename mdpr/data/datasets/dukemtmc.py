@@ -21,6 +21,7 @@ DUKEMTMC = DatasetSpec(
     name="dukemtmc",
     title="DukeMTMC-reID",
     parse=parse_dukemtmc,
-    aliases=("duke", "dukemtmc-reid", "dukemtmcreid"),
+    aliases=("duke", "dukemtmc-reid"),
+    archives=("DukeMTMC-reID", "DukeMTMC"),
     layout="bounding_box_train/, query/, bounding_box_test/ with files like 0005_c2_f0046985.jpg",
 )

@@ -60,10 +60,10 @@ def _parse_folders(folder: Path) -> ParsedDataset:
     ignored = 0
     for split in SPLITS:
         rows = []
-        for ident in _subdirs(folder / split):
-            names, others = list_files(ident, IMAGE_EXTENSIONS)
+        for ident_dir in _subdirs(folder / split):
+            names, others = list_files(ident_dir, IMAGE_EXTENSIONS)
             ignored += others
-            rows += [(f"{split}/{ident.name}/{n}", ident.name, camera_number(n)) for n in names]
+            rows += [(f"{split}/{ident_dir.name}/{n}", ident_dir.name, camera_number(n)) for n in names]
         found[split] = rows
     identities = sorted({ident for rows in found.values() for _, ident, _ in rows})
     if all(_INT.match(i) for i in identities):

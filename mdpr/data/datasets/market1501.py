@@ -104,7 +104,8 @@ MARKET1501 = DatasetSpec(
     name="market1501",
     title="Market-1501",
     parse=parse_market1501,
-    aliases=("market",),
+    aliases=("market", "market-1501"),
+    archives=("Market-1501-v15.09.15", "Market-1501", "market1501"),
     options=("with_distractors",),
     layout=_LAYOUT + " (+ images/ for --with-distractors)",
 )

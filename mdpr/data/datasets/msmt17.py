@@ -109,6 +109,8 @@ MSMT17 = DatasetSpec(
     name="msmt17",
     title="MSMT17",
     parse=parse_msmt17,
+    aliases=("msmt",),
+    archives=("MSMT17_V1", "MSMT17_V2", "MSMT17"),
     options=("with_val",),
     layout="MSMT17_V1/{train,test}/ or MSMT17_V2/{mask_train_v2,mask_test_v2}/ with list_{train,val,query,gallery}.txt",
 )

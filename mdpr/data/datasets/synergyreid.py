@@ -85,7 +85,8 @@ SYNERGYREID = DatasetSpec(
     name="synergyreid",
     title="SynergyReID",
     parse=parse_synergyreid,
-    aliases=("synergy", "deepsportradar"),
+    aliases=("synergy", "synergy-reid", "deepsportradar"),
+    archives=("synergyreid_data", "synergyreid", "data_reid"),
     options=("challenge",),
     layout="reid_training/, reid_test/{query,gallery}/ (reid_challenge/{query,gallery}/ for --challenge)",
 )
