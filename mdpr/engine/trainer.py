@@ -162,6 +162,11 @@ class Trainer:
         if not path.is_file():
             raise MdprError(f"{self.run_dir} has no checkpoint ({LAST}); start a new run with --output instead of --resume.")
         ckpt = read_torch_file(path, what="Checkpoint")
+        if int(ckpt["epoch"]) > self.cfg.solver.max_epochs:
+            raise MdprError(
+                f"The run in {self.run_dir} has already trained {int(ckpt['epoch'])} epochs, more than the "
+                f"{self.cfg.solver.max_epochs} asked (--epochs, solver.max_epochs, counts all the run's epochs, not extra "
+                f"ones); ask for more than {int(ckpt['epoch'])} to continue it.")
         saved_classes = int(ckpt.get("num_classes", len(ckpt.get("classes") or [])))
         if saved_classes != self.num_classes:
             raise MdprError(
@@ -190,11 +195,6 @@ class Trainer:
             group["initial_lr"] = rate
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        if int(ckpt["epoch"]) > self.cfg.solver.max_epochs:
-            raise MdprError(
-                f"The run in {self.run_dir} has already trained {int(ckpt['epoch'])} epochs, more than the "
-                f"{self.cfg.solver.max_epochs} asked (--epochs, solver.max_epochs, counts all the run's epochs, not extra "
-                f"ones); ask for more than {int(ckpt['epoch'])} to continue it.")
         self.resumed_from = ckpt.get("config") or {}
         self.start_epoch = int(ckpt["epoch"])
         self.iteration = int(ckpt["iteration"])

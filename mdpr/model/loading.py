@@ -298,8 +298,9 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
             usable[key] = value
     report.missing = [k for k in own if k not in state_dict and not k.startswith(tuple(ignore_missing))]
     if strict and not report.ok:
-        raise MdprError(f"{where} does not match the model: {report.summary()}; load it with strict=False "
-                        f"(CLI: --no-strict) to use the matching weights only.")
+        raise MdprError(f"{where} does not match the model: {report.summary()}; pass the checkpoint of this "
+                        "architecture (its model.* settings), or load it with strict=False (Python) to use the "
+                        "matching weights only.")
     model.load_state_dict(usable, strict=False)
     return report
 

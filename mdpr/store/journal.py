@@ -108,9 +108,12 @@ class Journal:
         blob = _JOURNAL_MAGIC + _U32.pack(len(data)) + data + _U32.pack(zlib.crc32(data))
         # Forget the old records first: if this is interrupted, memory must not point into a cut file.
         self.header, self.records, self.end = None, [], 0
-        os.ftruncate(self.fd, 0)
-        _pwrite_all(self.fd, blob, 0)
-        os.fsync(self.fd)
+        try:
+            os.ftruncate(self.fd, 0)
+            _pwrite_all(self.fd, blob, 0)
+            os.fsync(self.fd)
+        except OSError as exc:  # a full disk: name the journal
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         self.header, self.records, self.end = header, [], len(blob)
 
     def truncate_tail(self) -> None:

@@ -21,6 +21,7 @@ CSV form: ROOT is a ``.csv`` file (or a folder holding ``dataset.csv``) with a h
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -110,7 +111,8 @@ def _parse_folders(folder: Path) -> ParsedDataset:
 def _parse_csv(path: Path) -> ParsedDataset:
     items: Dict[str, List[Tuple[str, int, int]]] = {s: [] for s in SPLITS}
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip().lower() for c in reader.fieldnames or []]
             if not {"path", "pid", "split"} <= set(columns):
@@ -119,7 +121,15 @@ def _parse_csv(path: Path) -> ParsedDataset:
                     f"found {','.join(columns) or 'no header'}."
                 )
             reader.fieldnames = columns
+            root = Path(os.path.normpath(path.parent.absolute()))
             for lineno, row in enumerate(reader, start=2):
+                if not any((v or "").strip() for k, v in row.items() if isinstance(v, str)) and None not in row:
+                    continue  # a blank line
+                missing = [c for c in ("path", "pid", "split") if row.get(c) is None]
+                if missing or None in row:
+                    fields = len(columns) - len(missing) if missing else len(columns) + len(row[None])
+                    raise MdprError(f"Line {lineno} of {path} has {fields} field(s) but the header has {len(columns)} "
+                                    f"({','.join(columns)}); fix the row.")
                 try:
                     split = row["split"].strip().lower()
                     pid = int(row["pid"])
@@ -130,6 +140,11 @@ def _parse_csv(path: Path) -> ParsedDataset:
                 if split not in items:
                     raise MdprError(f"Line {lineno} of {path}: split must be train, query or gallery, not {split!r}.")
                 rel = row["path"].strip().replace("\\", "/")
+                image = Path(os.path.normpath(root / rel))  # lexically: links inside the folder stay allowed
+                if not image.is_relative_to(root):
+                    raise MdprError(f"Line {lineno} of {path}: image {rel} is outside the dataset folder {root}; give "
+                                    "paths inside it (relative to the CSV file).")
+                rel = image.relative_to(root).as_posix()
                 if not (path.parent / rel).is_file():
                     raise MdprError(f"Line {lineno} of {path}: image {path.parent / rel} does not exist.")
                 if pid != -1:
