@@ -126,8 +126,15 @@ err_console = _console(stderr=True)
 USER_ERROR = 2
 
 
+def one_line(message: str) -> str:
+    """The message with every character that is not printable (line breaks included: ``\\n``, ``\\x85``, the
+    surrogate escapes of undecodable file names) shown as its escape, so that it stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
 def fail(message: str) -> None:
     """Print one red sentence on stderr and exit with the user-error status."""
+    message = one_line(message)
     # escape: messages quote user input and commands such as pip install "mdpr[onnx]", never rich markup
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(USER_ERROR)
