@@ -51,6 +51,12 @@ def query(
     save: Optional[Path] = typer.Option(None, "--save", hidden=True, help="Old name of --output."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
                                                          "cuda:N or mps."),
+    index: str = typer.Option("auto", "--index", help="auto (a fresh faiss index beside the store, else exact "
+                                                       "search), exact, or the folder of an index."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, max=65536, show_default=False,
+                                         help="IVF-PQ index: cells visited per probe (default: the tuned value)."),
+    ef: Optional[int] = typer.Option(None, "--ef", min=1, max=65536, show_default=False,
+                                     help="HNSW index: search breadth (default: the tuned value)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the probe images."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
@@ -66,7 +72,7 @@ def query(
     picture = output or save
     request = QueryRequest(probes=list(probes), gallery=gallery, weights=weights, top_k=top_k, rerank=rerank,
                            rerank_pool=rerank_pool, metric=metric.value, device=device, threads=threads,
-                           workers=workers, picture=picture)
+                           workers=workers, picture=picture, index=index, nprobe=nprobe, ef=ef)
     result = run_query(request, note=note_printer(_FLAGS))
     if as_json:
         print_json(result.to_json())

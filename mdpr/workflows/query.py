@@ -25,6 +25,9 @@ class QueryRequest:
     device: str = "auto"
     threads: Optional[int] = None
     workers: int = 1  #: threads decoding the probe images
+    index: str = "auto"  #: "auto" (a fresh index beside the store, else exact), "exact", or an index folder
+    nprobe: Optional[int] = None  #: IVF-PQ cells visited (overrides the index's tuned value)
+    ef: Optional[int] = None  #: HNSW search breadth (overrides the index's tuned value)
     picture: Optional[Path] = None  #: write a ranked-list PNG here
 
 
@@ -57,7 +60,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
     from mdpr.fileio import check_output_file
     from mdpr.inference import FeatureExtractor, image_files
     from mdpr.runtime import cpu_threads
-    from mdpr.search import METRICS, ranked_results, search
+    from mdpr.search import METRICS, open_index, ranked_results
     from mdpr.store import FeatureStore, check_same_weights
 
     if request.metric not in METRICS:
@@ -99,8 +102,11 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
         probe_feats = extractor(probe_images)
-        found = search(store, probe_feats, top_k=request.top_k, metric=request.metric, rerank=request.rerank,
-                       rerank_pool=request.rerank_pool)
+        index, which = open_index(store, request.index, request.metric, nprobe=request.nprobe, ef=request.ef)
+        if request.index != "exact" and not which.startswith("Exact search over"):
+            say(which)
+        # an index gives a shortlist; its distances are recomputed exactly from the store
+        found = index.search(probe_feats, top_k=request.top_k, rerank=request.rerank, rerank_pool=request.rerank_pool)
         rows = ranked_results(store, found)
         if request.picture is not None:
             _save_picture(store, probe_paths, rows, request.picture)
