@@ -18,9 +18,6 @@ from mdpr.errors import MdprError
 if TYPE_CHECKING:
     import torch
 
-#: Device names every command accepts (``cuda:N`` too).
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 # ------------------------------------------------------------------------------------------------ CPU
 

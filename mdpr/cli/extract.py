@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -75,8 +76,6 @@ def extract(
     unknown. Images that cannot be read are skipped and listed. Re-running the same command after an
     interruption continues where it stopped.
     """
-    import signal
-
     from mdpr.workflows.extract import ExtractRequest, run_extract
 
     request = ExtractRequest(output=output, weights=weights, images=images, dataset=dataset, split=split.value,

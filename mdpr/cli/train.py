@@ -129,10 +129,6 @@ class TrainReporter:
             self._live = None
 
 
-def _short(name: str) -> str:
-    return name[5:] if name.startswith("loss_") else name
-
-
 def _hms(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)

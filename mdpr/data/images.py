@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -113,7 +114,5 @@ def decode_images(paths: List[Path], what: str = "Image", workers: int = 1) -> L
     the first unreadable file raises its one sentence."""
     if workers <= 1 or len(paths) < 2:
         return [decode_image(p, what) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
         return list(pool.map(lambda p: decode_image(p, what), paths))

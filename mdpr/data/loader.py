@@ -1,9 +1,9 @@
-"""DataLoader builders for training (PK batches, seeded augmentation) and testing (plain image lists).
+"""The training DataLoader: PK batches, seeded augmentation (test-time loading is :mod:`mdpr.inference`).
 
 Image loading never crashes a run: an unreadable training image is replaced by another image of the
 same identity (chosen from the slot's seed, so the replacement is reproducible), or by a mean-colour
 image when none of that identity's images can be read, and reported in the batch's ``failed`` list so
-the trainer counts it. A test image that cannot be read is reported with ``ok = False``.
+the trainer counts it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from mdpr.config import Config, InputConfig
+from mdpr.config import Config
 from mdpr.data.images import ImageReadError, load_rgb
 from mdpr.data.sampler import PKBatchSampler, ProcessStep, Slot
-from mdpr.data.transforms import PatchPool, RandomPatch, TrainTransform, build_test_transform
+from mdpr.data.transforms import PatchPool, RandomPatch, TrainTransform
 from mdpr.runtime import cap_num_workers
 
 PathLike = Union[str, Path]
@@ -295,37 +295,3 @@ def build_train_loader(
     )
     return UpdateLoader(loader, sampler), sampler
 
-
-class ImageListDataset(Dataset):
-    """Test-time images: ``(tensor, index, ok)``; an unreadable image gives a zero tensor and ``ok=False``."""
-
-    def __init__(self, paths: Sequence[PathLike], input_cfg: InputConfig) -> None:
-        self.paths = [str(p) for p in paths]
-        self.transform = build_test_transform(input_cfg)
-        self.size = (int(input_cfg.size_test[0]), int(input_cfg.size_test[1]))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, bool]:
-        try:
-            return self.transform(load_rgb(self.paths[index])), index, True
-        except ImageReadError:
-            return torch.zeros(3, *self.size), index, False
-
-
-def build_test_loader(
-    paths: Sequence[PathLike],
-    input_cfg: InputConfig,
-    batch_size: int = 128,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Ordered batches ``(images, indices, ok)`` of ``paths`` with the test preprocessing of ``input_cfg``."""
-    return DataLoader(
-        ImageListDataset(paths, input_cfg),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=max(0, int(num_workers)),
-        pin_memory=pin_memory,
-    )

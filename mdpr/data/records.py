@@ -209,15 +209,6 @@ def registered_names() -> List[str]:
     return sorted(p.stem for p in folder.glob("*.json") if _NAME.match(p.stem))
 
 
-def unregister(name: str) -> bool:
-    """Remove a registration (the images are untouched); True when there was one."""
-    path = registered_path(name)
-    if path.is_file():
-        path.unlink()
-        return True
-    return False
-
-
 def load_dataset(name_or_manifest_path: Union[str, Path]) -> Manifest:
     """Load a prepared dataset by name or by manifest file path.
 

@@ -14,7 +14,9 @@ Everything is a function of the seed: the same arguments give the same pixels.
 
 from __future__ import annotations
 
+import colorsys
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -296,8 +298,6 @@ class Camera:
 
 def _muted(rng: np.random.Generator, sat: Tuple[float, float], val: Tuple[float, float]) -> Color:
     """A colour of random hue with saturation and value in the given ranges (walls, floors, clutter)."""
-    import colorsys
-
     r, g, b = colorsys.hsv_to_rgb(float(rng.random()), float(rng.uniform(*sat)), float(rng.uniform(*val)))
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -541,7 +541,7 @@ def generate_demo(
         )
     tmp_root = root.parent / f".{root.name}.partial"
     if tmp_root.exists():
-        _remove_tree(tmp_root)
+        shutil.rmtree(tmp_root)
     for folder in SPLIT_FOLDERS:
         (tmp_root / folder).mkdir(parents=True, exist_ok=True)
 
@@ -638,10 +638,4 @@ def _summary(root: Path, params: DemoParams, generated: bool) -> DemoSummary:
     counts = {f: sum(1 for _ in (root / f).glob("*.jpg")) for f in SPLIT_FOLDERS}
     n_train = params.num_ids // 2
     return DemoSummary(root, params, n_train, params.num_ids - n_train, counts, generated)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 

@@ -65,6 +65,10 @@ RECALL_QUERIES = 200
 DEFAULT_RECALL = 0.95
 #: Candidates proposed per probe before exact rescoring (at least twice top_k).
 SHORTLIST = 100
+#: Shortlists tried when tuning an IVF-PQ index (its PQ distances only rank approximately).
+SHORTLISTS = (100, 200, 400, 800, 1600)
+#: Tuning leaves a group of settings when doubling the setting gains less recall@10 than this.
+PLATEAU = 0.003
 #: Rows handed to faiss per ``add`` call (with the float32 copy: bounded memory whatever the store's size).
 ADD_ROWS = 1 << 15
 #: Rows per coarse cluster used to train IVF (faiss warns below 39).
@@ -569,10 +573,11 @@ def _without_self(ids: np.ndarray, rows: np.ndarray, k: int) -> List[np.ndarray]
     return [r[(r != row) & (r >= 0)][:k] for r, row in zip(ids, rows)]
 
 
-def _recall_at(index: FaissIndex, rows: np.ndarray, feats: np.ndarray, exact: np.ndarray) -> Dict[str, float]:
+def _recall_at(index: FaissIndex, rows: np.ndarray, feats: np.ndarray, exact: np.ndarray,
+               ks: Sequence[int] = RECALL_KS) -> Dict[str, float]:
     out: Dict[str, float] = {}
     n = len(index.store)
-    for k in RECALL_KS:
+    for k in ks:
         k_eff = min(k, n - 1)
         if k_eff < 1:
             out[f"at_{k}"] = 1.0
@@ -596,47 +601,68 @@ def measure_recall(index: FaissIndex, queries: int = RECALL_QUERIES, seed: int =
     return out
 
 
-def _ladder(index: FaissIndex) -> List[Dict[str, int]]:
+def _nprobes(index: FaissIndex) -> List[int]:
+    return sorted({min(index.nlist, 2 ** i) for i in range(0, int(math.log2(max(1, index.nlist))) + 2)})
+
+
+def _ladder(index: FaissIndex) -> List[List[Dict[str, int]]]:
+    """Search settings to try, cheapest first, in groups: within a group only the faiss setting grows; a group
+    is left early once doubling the setting stops paying (the shortlist is then what limits recall)."""
     if index.kind == "ivfpq":
-        steps = sorted({min(index.nlist, 2 ** i) for i in range(0, int(math.log2(max(1, index.nlist))) + 2)})
-        return [{"nprobe": s} for s in steps]
+        # PQ distances are approximate: past a few lists, recall is limited by how many candidates are rescored
+        return [[{"nprobe": n, "shortlist": sl} for n in _nprobes(index)] for sl in SHORTLISTS]
     if index.kind == "hnsw":
-        return [{"ef": 2 ** i} for i in range(4, 12)]
-    return [{}]
+        return [[{"ef": 2 ** i, "shortlist": SHORTLIST} for i in range(4, 12)]]
+    return [[{"shortlist": SHORTLIST}]]
+
+
+def _apply(index: FaissIndex, step: Dict[str, int]) -> None:
+    index.shortlist = int(step.get("shortlist", SHORTLIST))
+    index.configure(**{k: v for k, v in step.items() if k != "shortlist"})
 
 
 def tune(index: FaissIndex, recall: Optional[float], queries: int = RECALL_QUERIES, seed: int = 0,
          progress: Optional[Stage] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(search settings, measured recall)``: the smallest nprobe / ef whose recall@10 reaches ``recall``
-    (default :data:`DEFAULT_RECALL`, then the best setting when none reaches it; an explicit target that no
-    setting reaches is refused with the best reachable value)."""
+    """``(search settings, measured recall)``: the cheapest nprobe / ef and shortlist whose recall@10 reaches
+    ``recall`` (default :data:`DEFAULT_RECALL`, then the best setting when none reaches it; an explicit target
+    that no setting reaches is refused with the best reachable value)."""
     report = progress or (lambda stage, done, total: None)
     target = DEFAULT_RECALL if recall is None else float(recall)
     rows, feats, exact = _recall_queries(index, queries, seed)
-    ladder = _ladder(index)
-    best: Optional[Tuple[float, Dict[str, int], Dict[str, float]]] = None
-    for i, step in enumerate(ladder):
-        report("recall", i, len(ladder))
-        index.configure(**step)
-        measured = _recall_at(index, rows, feats, exact)
-        if best is None or measured["at_10"] > best[0]:
-            best = (measured["at_10"], step, measured)
-        if measured["at_10"] >= target:
-            best = (measured["at_10"], step, measured)
+    groups = _ladder(index)
+    best: Optional[Tuple[float, Dict[str, int]]] = None
+    reached = False
+    for g, group in enumerate(groups):
+        report("recall", g, len(groups))
+        previous = -1.0
+        for step in group:
+            _apply(index, step)
+            at10 = _recall_at(index, rows, feats, exact, ks=(10,))["at_10"]
+            if best is None or at10 > best[0] or at10 >= target:
+                best = (at10, step)
+            if at10 >= target:
+                reached = True
+                break
+            if at10 - previous < PLATEAU:
+                break
+            previous = at10
+        if reached:
             break
     assert best is not None
-    report("recall", len(ladder), len(ladder))
-    at10, step, measured = best
+    report("recall", len(groups), len(groups))
+    at10, step = best
     if recall is not None and at10 < target:
-        knob = ", ".join(f"{k} {v}" for k, v in step.items()) or "exact rescoring"
+        knob = ", ".join(f"{k} {v}" for k, v in step.items())
         more = {"ivfpq": " or build with more lists or longer codes (nlist, m)", "hnsw": " or build with a larger "
                 "hnsw_m / ef_construction"}.get(index.kind, "")
         raise MdprError(f"The recall target {target:g} is not reachable with this index: the best measured recall@10 "
                         f"is {at10:.3f} ({knob}); ask for at most {at10:.3f}{more}.", keys=("nlist", "m", "hnsw_m",
                                                                                          "ef_construction"))
-    index.configure(**step)
-    settings: Dict[str, Any] = {**step, "shortlist": index.shortlist}
-    return settings, {**measured, "queries": int(rows.size), "target": target, "settings": dict(step)}
+    _apply(index, step)
+    measured = _recall_at(index, rows, feats, exact)
+    settings: Dict[str, Any] = dict(step)
+    return settings, {**measured, "queries": int(rows.size), "target": target,
+                      "settings": {k: v for k, v in step.items() if k != "shortlist"}}
 
 
 __all__ = [

@@ -9,7 +9,7 @@ import torch
 from trainkit import TINY, make_dataset
 
 from mdpr.config import load_config
-from mdpr.data.loader import build_test_loader, build_train_loader
+from mdpr.data.loader import build_train_loader
 
 #: a small pool that fills within the first steps (the official 1000 / 100 would need 13+ tiny epochs)
 POOL = ["input.random_patch_prob=1.0", "input.random_patch_pool=12", "input.random_patch_min_pool=4",
@@ -100,16 +100,6 @@ def test_all_images_of_an_identity_unreadable_gives_a_mean_image(tmp_path: Path)
                 seen = True
                 assert torch.allclose(img[:, 0, 0], torch.tensor([124.0, 116.0, 104.0]))
     assert seen
-
-
-def test_test_loader_flags_unreadable_images(tmp_path: Path) -> None:
-    manifest = make_dataset(tmp_path, register=False)
-    paths = [manifest.image_path(r) for r in manifest.gallery[:3]]
-    paths[1].write_bytes(b"broken")
-    cfg = load_config("demo-cpu", TINY)
-    images, indices, ok = next(iter(build_test_loader(paths, cfg.input, batch_size=8)))
-    assert images.shape == (3, 3, 64, 32)
-    assert indices.tolist() == [0, 1, 2] and ok.tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from mdpr.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNABLE = {"bash", "sh", "console", "shell"}
 runner = CliRunner()
 

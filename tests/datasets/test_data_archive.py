@@ -8,6 +8,7 @@ import pytest
 from fakes import build_market, torchreid_market_stats
 from typer.testing import CliRunner
 
+import mdpr.data.archive as archive_module
 from mdpr.cli import app
 from mdpr.data.archive import extract_archive, unsafe_reason
 from mdpr.errors import MdprError
@@ -102,3 +103,26 @@ def test_not_a_zip(tmp_path: Path) -> None:
     f.write_bytes(b"not an archive")
     result = runner.invoke(app, ["prepare", "market1501", str(f)])
     assert result.exit_code == 2 and "not a .zip or .tar archive" in result.output
+
+
+def test_members_are_published_in_batches_and_an_interrupted_extraction_keeps_whole_files(tmp_path, monkeypatch):
+    real_batch = archive_module.atomic_batch
+    monkeypatch.setattr(archive_module, "atomic_batch", lambda: real_batch(limit=3))
+    zpath = tmp_path / "many.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for i in range(8):
+            zf.writestr(f"many/{i}.txt", f"file {i}")
+    calls = []
+
+    def stop_after_five(done: int, total: int, stage: str) -> None:
+        calls.append(done)
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_archive(zpath, progress=stop_after_five)
+    out = tmp_path / "many"
+    assert sorted(p.name for p in out.iterdir()) == ["0.txt", "1.txt", "2.txt"]  # one batch published, no temporaries
+    assert extract_archive(zpath) == out  # resumes
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}.txt" for i in range(8)]
+    assert all((out / f"{i}.txt").read_text() == f"file {i}" for i in range(8))
