@@ -45,18 +45,29 @@ class EvaluateRequest:
     save_metrics: Optional[Path] = None  #: JSON file with :meth:`EvaluationResult.to_dict`
 
 
-def load_store_features(path: Path, name: str) -> LabelledFeatures:
-    """Features and labels of a feature store written by ``mdpr extract`` (or ``save_features``)."""
+def load_store_features(path: Path, name: str, note: Optional[Note] = None) -> LabelledFeatures:
+    """Features and labels of a feature store written by ``mdpr extract`` (or ``save_features``); rows holding
+    NaN or infinite features (written by another tool) are left out, and ``note`` says so."""
     from mdpr.store import FeatureStore
 
     with FeatureStore.open(path) as store:
         if len(store) == 0:
             raise MdprError(f"The {name} feature store {path} is empty; extract features into it first.")
+        keep = np.ones(len(store), dtype=bool)
+        bad = store.non_finite_rows()
+        keep[bad] = False
+        if len(bad):
+            if not keep.any():
+                raise MdprError(f"Every row of the {name} feature store {path} holds NaN or infinite features; "
+                                "extract it again.")
+            if note is not None:
+                note(f"{len(bad)} row(s) of the {name} store {path} hold NaN or infinite features (e.g. row "
+                     f"{int(bad[0])}) and are left out of the evaluation.")
         return LabelledFeatures(
             name=name,
-            features=store.read_features(dtype=np.float32),
-            pids=np.asarray(store.pids, dtype=np.int64),
-            camids=np.asarray(store.camids, dtype=np.int64),
+            features=store.read_features(dtype=np.float32)[keep],
+            pids=np.asarray(store.pids, dtype=np.int64)[keep],
+            camids=np.asarray(store.camids, dtype=np.int64)[keep],
             source=str(path),
             fingerprint=store.fingerprint,
             flip=store.flip,
@@ -137,8 +148,8 @@ def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
             raise MdprError("save_features and flip apply to extraction; they cannot be used with stored features.")
         from mdpr.store import check_same_weights
 
-        query = load_store_features(request.query_store, "query")
-        gallery = load_store_features(request.gallery_store, "gallery")
+        query = load_store_features(request.query_store, "query", note)
+        gallery = load_store_features(request.gallery_store, "gallery", note)
         check_same_weights(gallery, query.fingerprint, f"the weights of the query store {request.query_store}",
                            store_label=f"the gallery store {request.gallery_store}", allow_unknown=True)
         result = evaluate_features(query, gallery, request.protocol, progress=progress, note=note)

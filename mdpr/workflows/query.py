@@ -102,16 +102,34 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
         probe_feats = extractor(probe_images)
+        bad = store.non_finite_rows()
+        if len(bad):
+            say(f"{len(bad)} row(s) of {gallery} hold NaN or infinite features (e.g. row {int(bad[0])}, "
+                f"{store.paths[int(bad[0])]}) and are left out of the results; extract those images again.")
         index, which = open_index(store, request.index, request.metric, nprobe=request.nprobe, ef=request.ef)
         if request.index != "exact" and not which.startswith("Exact search over"):
             say(which)
         # an index gives a shortlist; its distances are recomputed exactly from the store
-        found = index.search(probe_feats, top_k=request.top_k, rerank=request.rerank, rerank_pool=request.rerank_pool)
+        found = index.search(probe_feats, top_k=min(request.top_k + len(bad), len(store)), rerank=request.rerank,
+                             rerank_pool=request.rerank_pool + len(bad))
+        if len(bad):
+            found = _without_rows(found, bad, request.top_k)
         rows = ranked_results(store, found)
         if request.picture is not None:
             _save_picture(store, probe_paths, rows, request.picture)
     return QueryResult([ProbeResult(p, r) for p, r in zip(probe_paths, rows)], gallery, weights,
                        request.rerank, incomplete, request.picture, notes)
+
+
+def _without_rows(found: Any, rows: Any, top_k: int) -> Any:
+    """``found`` without the gallery ``rows`` (and without non-finite distances), ``top_k`` per probe at most."""
+    import numpy as np
+
+    keep = [(~np.isin(idx, rows)) & np.isfinite(dist) for idx, dist in zip(found.indices, found.distances)]
+    k = min([top_k] + [int(m.sum()) for m in keep])
+    indices = np.stack([idx[m][:k] for idx, m in zip(found.indices, keep)]) if keep else found.indices[:, :0]
+    distances = np.stack([d[m][:k] for d, m in zip(found.distances, keep)]) if keep else found.distances[:, :0]
+    return type(found)(indices, distances)
 
 
 def _recorded_weights(store: Any) -> Path:

@@ -119,3 +119,23 @@ def test_bad_input_is_one_sentence_and_exit_2(gallery: dict) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_fresh_index_is_used_by_auto_and_its_distances_are_exact(gallery: dict) -> None:
+    """Issue 16, acceptance 2: `mdpr query PROBE --index auto` uses a fresh index, says so, prints exact distances."""
+    pytest.importorskip("faiss")
+    built = runner.invoke(app, ["index", "build", "--gallery", str(gallery["store"]), "--kind", "hnsw", "--json"])
+    assert built.exit_code == 0, built.output
+    probe = str(gallery["probe"])
+    auto = _query(probe, "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]), "--json",
+                  "--index", "auto")
+    exact = _query(probe, "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]), "--json",
+                   "--index", "exact")
+    assert auto.exit_code == 0 and exact.exit_code == 0, auto.output + exact.output
+    assert "HNSW" in auto.stderr or "index" in auto.stderr.lower()
+    rows_auto = {r["path"]: r["distance"] for r in json.loads(auto.stdout)[0]["results"]}
+    rows_exact = {r["path"]: r["distance"] for r in json.loads(exact.stdout)[0]["results"]}
+    for path, distance in rows_auto.items():
+        if path in rows_exact:
+            assert distance == pytest.approx(rows_exact[path], abs=1e-6)
+    assert len(set(rows_auto) & set(rows_exact)) >= len(rows_exact) - 1  # recall on a tiny store
