@@ -33,6 +33,12 @@ _FLAGS = {
 }
 
 
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
 class Metric(str, Enum):
     cosine = "cosine"
     euclidean = "euclidean"
@@ -91,6 +97,10 @@ def evaluate_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
+    backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
+                                              help="torch (default for a checkpoint), onnxruntime or openvino "
+                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
+                                                   "mdpr[openvino])."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     save_metrics: Optional[Path] = typer.Option(None, "--save-metrics",
                                                 help="Also write the JSON summary (as --json prints it) to this file."),
@@ -107,7 +117,7 @@ def evaluate_command(
             max_rank=max_rank,
         ),
         flip=flip or None, device=device, batch_size=batch_size, num_workers=num_workers if num_workers is not None else old_num_workers,
-        threads=threads,
+        threads=threads, backend=backend.value if backend else None,
         save_features=output or save_features, save_metrics=save_metrics,
     )
     with StageProgress(err_console) as progress:

@@ -27,6 +27,12 @@ with every image stored exactly once.
 _SHOWN_FAILURES = 10
 
 
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
 class Split(str, Enum):
     query = "query"
     gallery = "gallery"
@@ -66,6 +72,10 @@ def extract(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
+    backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
+                                              help="torch (default for a checkpoint), onnxruntime or openvino "
+                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
+                                                   "mdpr[openvino])."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (store, counts, failed images) "
                                                         "instead of the report."),
 ) -> None:
@@ -80,7 +90,8 @@ def extract(
 
     request = ExtractRequest(output=output, weights=weights, images=images, dataset=dataset, split=split.value,
                              device=device, batch_size=batch_size, workers=workers, threads=threads, flip=flip,
-                             half=half, append=append, checkpoint_interval=checkpoint_every)
+                             half=half, append=append, checkpoint_interval=checkpoint_every,
+                             backend=backend.value if backend else None)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` gets the same clean stop as Ctrl-C
     try:

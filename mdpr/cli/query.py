@@ -23,6 +23,12 @@ JSON output: [{"probe": ..., "results": [{"rank": 1, "path": ..., "distance": ..
 """
 
 
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
 class Metric(str, Enum):
     cosine = "cosine"
     euclidean = "euclidean"
@@ -57,6 +63,12 @@ def query(
                                          help="IVF-PQ index: cells visited per probe (default: the tuned value)."),
     ef: Optional[int] = typer.Option(None, "--ef", min=1, max=65536, show_default=False,
                                      help="HNSW index: search breadth (default: the tuned value)."),
+    backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
+                                              help="torch (default for a checkpoint), onnxruntime or openvino "
+                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
+                                                   "mdpr[openvino])."),
+    mixed_precision: bool = typer.Option(False, "--allow-mixed-precision",
+                                         help="Accept INT8 probes against fp32 rows (or the reverse)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the probe images."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
@@ -72,7 +84,8 @@ def query(
     picture = output or save
     request = QueryRequest(probes=list(probes), gallery=gallery, weights=weights, top_k=top_k, rerank=rerank,
                            rerank_pool=rerank_pool, metric=metric.value, device=device, threads=threads,
-                           workers=workers, picture=picture, index=index, nprobe=nprobe, ef=ef)
+                           workers=workers, picture=picture, index=index, nprobe=nprobe, ef=ef,
+                           backend=backend.value if backend else None, allow_mixed_precision=mixed_precision)
     result = run_query(request, note=note_printer(_FLAGS))
     if as_json:
         print_json(result.to_json())

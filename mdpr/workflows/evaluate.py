@@ -41,6 +41,7 @@ class EvaluateRequest:
     batch_size: Optional[int] = None  #: None: the checkpoint's ``dataloader.test_batch_size``
     num_workers: Optional[int] = None
     threads: Optional[int] = None
+    backend: Optional[str] = None  #: torch, onnxruntime or openvino
     save_features: Optional[Path] = None  #: folder for query.h5 / gallery.h5
     save_metrics: Optional[Path] = None  #: JSON file with :meth:`EvaluationResult.to_dict`
 
@@ -163,7 +164,7 @@ def run_evaluate(request: EvaluateRequest, progress: Optional[Progress] = None,
         manifest = load_dataset(request.dataset)
         with cpu_threads(request.threads):
             extractor = FeatureExtractor(str(request.weights), device=request.device, batch_size=request.batch_size,
-                                         num_workers=request.num_workers, flip=request.flip)
+                                         num_workers=request.num_workers, flip=request.flip, backend=request.backend)
             result = evaluate_extractor(extractor, manifest, request.protocol, save_features=request.save_features,
                                         progress=progress, note=note)
     else:

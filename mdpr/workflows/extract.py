@@ -32,6 +32,7 @@ class ExtractRequest:
     half: bool = False
     append: bool = False
     checkpoint_interval: float = 300.0  #: seconds between refreshes of the store file
+    backend: Optional[str] = None  #: torch, onnxruntime or openvino (None: torch for a checkpoint)
 
 
 def select_images(request: ExtractRequest) -> Tuple[List[ImageItem], Path, str]:
@@ -82,7 +83,7 @@ def run_extract(request: ExtractRequest, progress: Optional[Progress] = None,
     check_output_file(output, "the feature store")
     with cpu_threads(request.threads) as (_, why):
         extractor = FeatureExtractor(weights, device=request.device, batch_size=request.batch_size,
-                                     num_workers=request.workers, flip=request.flip)
+                                     num_workers=request.workers, flip=request.flip, backend=request.backend)
         if why == "busy" and extractor.device.type == "cpu" and note is not None:
             note("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                  "threads.")

@@ -28,6 +28,8 @@ class QueryRequest:
     index: str = "auto"  #: "auto" (a fresh index beside the store, else exact), "exact", or an index folder
     nprobe: Optional[int] = None  #: IVF-PQ cells visited (overrides the index's tuned value)
     ef: Optional[int] = None  #: HNSW search breadth (overrides the index's tuned value)
+    backend: Optional[str] = None  #: torch, onnxruntime or openvino (fp32 backends of the same weights agree)
+    allow_mixed_precision: bool = False  #: accept INT8 probes against fp32 rows (or the reverse)
     picture: Optional[Path] = None  #: write a ranked-list PNG here
 
 
@@ -58,7 +60,7 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
     """Embed the probes with the store's own weights and list the nearest gallery rows."""
     from mdpr.data.images import decode_images
     from mdpr.fileio import check_output_file
-    from mdpr.inference import FeatureExtractor, image_files
+    from mdpr.inference import FeatureExtractor, check_precision_match, image_files
     from mdpr.runtime import cpu_threads
     from mdpr.search import METRICS, open_index, ranked_results
     from mdpr.store import FeatureStore, check_same_weights
@@ -96,8 +98,11 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
         if incomplete:
             say(f"{gallery} is incomplete (an extraction was interrupted); re-run the same `mdpr extract` "
                 "command to finish it.")
-        extractor = FeatureExtractor(weights, device=request.device, num_workers=0, flip=store.flip)
+        extractor = FeatureExtractor(weights, device=request.device, num_workers=0, flip=store.flip,
+                                     backend=request.backend)
         check_same_weights(store, extractor.fingerprint, f"the weights {weights}")
+        check_precision_match(store.meta.precision, extractor.precision,
+                              allow_mixed_precision=request.allow_mixed_precision, where=f"The feature store {gallery}")
         if why == "busy" and extractor.device.type == "cpu":
             say("the CPU is busy with other processes, so the model runs on 1 thread (faster then); choose with "
                 "threads.")
