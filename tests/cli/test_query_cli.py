@@ -126,7 +126,7 @@ def test_a_fresh_index_is_used_by_auto_and_its_distances_are_exact(gallery: dict
     pytest.importorskip("faiss")
     built = runner.invoke(app, ["index", "build", "--gallery", str(gallery["store"]), "--kind", "hnsw", "--json"])
     assert built.exit_code == 0, built.output
-    probe = str(gallery["probe"])
+    probe = str(sorted(REAL_IMAGES.glob("*.jpg"))[0])
     auto = _query(probe, "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]), "--json",
                   "--index", "auto")
     exact = _query(probe, "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]), "--json",
