@@ -225,6 +225,10 @@ def train(
         None, "--checkpoint-period", help="Also keep epoch_NNN.pt (e.g. epoch_010.pt) every N epochs (last.pt is written every epoch)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
+                                          help="Image-decoding processes (= --set dataloader.num_workers=N)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, show_default=False,
+                                          help="CPU threads of a one-process run (default: one per core)."),
     init: Optional[str] = typer.Option(
         None, "--init", show_default=False,
         help="Backbone initialisation: imagenet, lup_moco_r101 (the paper's), a weights FILE, or none (from "
@@ -252,7 +256,7 @@ def train(
     options = TrainOptions(
         dataset=dataset, recipe=recipe, overrides=list(overrides), output=output, resume=resume, gpus=gpus,
         procs=procs, epochs=epochs, eval_period=eval_period, checkpoint_period=checkpoint_period, device=device,
-        init=init, weights=weights,
+        init=init, weights=weights, workers=workers, threads=threads,
     )
     if dry_run:
         from mdpr.workflows.train import plan_only

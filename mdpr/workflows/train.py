@@ -220,6 +220,8 @@ class TrainOptions:
     checkpoint_period: Optional[int] = None
     device: str = "auto"
     init: Optional[str] = None  #: backbone initialisation: a named one (imagenet, lup_moco_r101), a file or "none"
+    workers: Optional[int] = None  #: data-loader workers (= ``dataloader.num_workers``)
+    threads: Optional[int] = None  #: torch CPU threads of a one-process run
     weights: Optional[Path] = None  #: initialise from an mdpr / official MDPR checkpoint (= ``model.pretrained``)
 
 
@@ -306,6 +308,8 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
 
     check_output_folder(mdpr_home(), "MDPR_HOME")  # the run is recorded there when it ends
     overrides = list(options.overrides)
+    if options.workers is not None:
+        overrides.append(f"dataloader.num_workers={options.workers}")
     if options.weights is not None:
         if not Path(options.weights).is_file():
             raise MdprError(f"The weights file {options.weights} does not exist; give a checkpoint file (mdpr, official MDPR "
@@ -321,6 +325,12 @@ def train_run(options: TrainOptions, progress: Optional[ProgressFn] = None,
 
     plan: RunPlan = share_from_main(launch, plan_and_lock)
     try:
+        # only when asked: an automatic choice could differ between a run and its resumption (bit-exact resume)
+        if launch.mode == "single" and options.threads is not None:
+            from mdpr.runtime import cpu_threads
+
+            with cpu_threads(options.threads):
+                return _train_planned(launch, plan, progress, note)
         return _train_planned(launch, plan, progress, note)
     finally:
         for lock in held:
