@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+from enum import Enum
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import typer
@@ -121,6 +122,17 @@ _one_line_usage_errors()
 
 console = _console(stderr=False)
 err_console = _console(stderr=True)
+
+class Backend(str, Enum):
+    """Inference backends of --backend (extract, query, evaluate)."""
+
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+BACKEND_HELP = ("torch (default for a checkpoint), onnxruntime or openvino (exports the checkpoint once into a cache; "
+                "extras mdpr[onnx], mdpr[openvino]).")
 
 #: Exit status for a user error (bad input); typer's own usage errors also exit with 2.
 USER_ERROR = 2

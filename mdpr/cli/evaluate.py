@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, err_console, print_json
+from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, print_json
 from mdpr.cli.progress import StageProgress
 
 EXAMPLES = """
@@ -33,11 +33,6 @@ _FLAGS = {
 }
 
 
-
-class Backend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
 
 class Metric(str, Enum):
     cosine = "cosine"
@@ -98,9 +93,7 @@ def evaluate_command(
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
     backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
-                                              help="torch (default for a checkpoint), onnxruntime or openvino "
-                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
-                                                   "mdpr[openvino])."),
+                                              help=BACKEND_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     save_metrics: Optional[Path] = typer.Option(None, "--save-metrics",
                                                 help="Also write the JSON summary (as --json prints it) to this file."),

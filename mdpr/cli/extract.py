@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, err_console, note_printer, print_json
+from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -27,11 +27,6 @@ with every image stored exactly once.
 _SHOWN_FAILURES = 10
 
 
-
-class Backend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
 
 class Split(str, Enum):
     query = "query"
@@ -73,9 +68,7 @@ def extract(
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
     backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
-                                              help="torch (default for a checkpoint), onnxruntime or openvino "
-                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
-                                                   "mdpr[openvino])."),
+                                              help=BACKEND_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (store, counts, failed images) "
                                                         "instead of the report."),
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, err_console, note_printer, print_json
+from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -23,11 +23,6 @@ JSON output: [{"probe": ..., "results": [{"rank": 1, "path": ..., "distance": ..
 """
 
 
-
-class Backend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
 
 class Metric(str, Enum):
     cosine = "cosine"
@@ -64,9 +59,7 @@ def query(
     ef: Optional[int] = typer.Option(None, "--ef", min=1, max=65536, show_default=False,
                                      help="HNSW index: search breadth (default: the tuned value)."),
     backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
-                                              help="torch (default for a checkpoint), onnxruntime or openvino "
-                                                   "(exports the checkpoint once into a cache; extras mdpr[onnx], "
-                                                   "mdpr[openvino])."),
+                                              help=BACKEND_HELP),
     mixed_precision: bool = typer.Option(False, "--allow-mixed-precision",
                                          help="Accept INT8 probes against fp32 rows (or the reverse)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the probe images."),

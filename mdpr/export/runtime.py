@@ -8,8 +8,9 @@ features. Used by the parity check, by INT8 calibration checks and by :class:`md
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
@@ -24,7 +25,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 FILE_BACKENDS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino"), "torchscript": ("torchscript",)}
 
 
-class Runner:
+class Runner(ABC):
     """An exported model ready to run (see the module docstring)."""
 
     backend: str = ""
@@ -44,8 +45,9 @@ class Runner:
             return np.zeros((0, self.metadata.feature_dim), dtype=np.float32)
         return np.asarray(self._run(x), dtype=np.float32)
 
+    @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Features of a checked, non-empty batch (each runtime's own call)."""
 
 
 class OnnxRuntimeRunner(Runner):
@@ -112,7 +114,7 @@ class TorchScriptRunner(Runner):
             return self.module(torch.from_numpy(x)).float().numpy()
 
 
-_RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner, "torchscript": TorchScriptRunner}
+_RUNNERS: Dict[str, Callable[..., Runner]] = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner, "torchscript": TorchScriptRunner}
 
 
 def default_backend(path: PathLike) -> str:
