@@ -185,3 +185,48 @@ def cpu_threads(requested: Optional[int] = None) -> Iterator[Tuple[int, str]]:
         yield threads, why
     finally:
         torch.set_num_threads(before)
+
+
+class _SignalStack:  # the C ``stack_t`` of sigaltstack(2)
+    def __init__(self) -> None:
+        import ctypes
+
+        class StackT(ctypes.Structure):
+            _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+        self.ctypes, self.StackT = ctypes, StackT
+        self.libc = ctypes.CDLL(None)
+
+    def get(self) -> Any:
+        current = self.StackT()
+        if self.libc.sigaltstack(None, self.ctypes.byref(current)) != 0:
+            return None
+        return current
+
+    def set(self, stack: Any) -> None:
+        self.libc.sigaltstack(self.ctypes.byref(stack), None)
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """The calling thread's alternate signal stack as it was before the ``with`` block, put back after it.
+
+    OpenVINO's CPU plugin installs a signal stack of its own on the thread that compiles a model and puts
+    back the one it found when its ``Core`` is destroyed; two runners destroyed in the order they were
+    made leave the thread on freed memory, and the next signal handled there (a child process exiting
+    while a SIGCHLD handler is installed, as torch's DataLoader installs one) kills the process.
+    """
+    if os.name != "posix":
+        yield
+        return
+    try:
+        stack = _SignalStack()
+        before = stack.get()
+    except (OSError, AttributeError):  # no sigaltstack in this C library
+        yield
+        return
+    try:
+        yield
+    finally:
+        if before is not None:
+            stack.set(before)

@@ -17,7 +17,7 @@ import numpy as np
 from mdpr.errors import MdprError
 from mdpr.export.extras import require_onnxruntime, require_openvino
 from mdpr.export.metadata import ExportMetadata, detect_format, openvino_xml, read_export_metadata
-from mdpr.runtime import choose_cpu_threads
+from mdpr.runtime import choose_cpu_threads, signal_stack_kept
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -87,7 +87,8 @@ class OpenVinoRunner(Runner):
             "INFERENCE_NUM_THREADS": threads,
         }
         try:
-            self.compiled = ov.Core().compile_model(str(source), "CPU", config)
+            with signal_stack_kept():  # OpenVINO swaps the thread's signal stack (see signal_stack_kept)
+                self.compiled = ov.Core().compile_model(str(source), "CPU", config)
         except Exception as exc:  # openvino raises RuntimeError subclasses with long messages
             raise MdprError(f"OpenVINO cannot load {path} ({str(exc).splitlines()[0][:200]}); export it again.") from None
         self.request = self.compiled.create_infer_request()
