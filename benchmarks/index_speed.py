@@ -1,8 +1,12 @@
 """Search at scale: a faiss index beside the store against exact search, on clustered ReID-like features.
 
-Features: identities of about 20 crops each; identity centres drawn from an anisotropic Gaussian (the
-energy of real ReID embeddings sits in a few hundred directions), crops = centre + camera offset + noise,
-L2-normalised, stored float16 like ``mdpr extract --half``; probes are new crops of stored identities.
+Features: identities of 20 crops each; identity centres drawn from an anisotropic Gaussian (the energy
+of real ReID embeddings sits in a few hundred directions), L2-normalised, stored float16 like
+``mdpr extract --half``. ``--structure tracklets`` (default): an identity's crops are 4 walks past a
+camera of 5 near-duplicate frames each (crop = centre + camera offset + walk offset + small frame noise),
+as a gallery indexed from camera tracks is; probes are frames of new walks of stored identities.
+``--structure crops``: every crop an independent view (centre + camera offset + noise); probes are new
+views.
 
 1. in-memory -- ``rows`` (1M) x 512: ``mdpr.workflows.index.build_index(kind="auto")`` (HNSW at this size),
    then per-probe latency of ``Index.search`` (shortlist rescored exactly from the store) against exact
@@ -41,6 +45,9 @@ from timing import interleaved
 ROOT = Path(__file__).resolve().parents[1]
 CROPS_PER_ID = 20
 CAMERAS = 6
+TRACKLET = 5  # frames per tracklet: an identity's 20 crops are 4 walks past the cameras
+TRACKLET_BLOCK = 4096
+STRUCTURES = ("tracklets", "crops")
 
 
 def med(values: List[float]) -> float:
@@ -55,11 +62,19 @@ def load() -> str:
 
 
 class ReidLike:
-    """Deterministic generator of clustered ReID-like rows (any range of rows, without holding them all)."""
+    """Deterministic generator of clustered ReID-like rows (any range of rows, without holding them all).
 
-    def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9) -> None:
+    ``structure="tracklets"`` (the default): a gallery indexed from cameras, where each identity's crops come
+    in tracklets of ``TRACKLET`` near-duplicate frames of one walk past one camera; probes are new tracklets
+    (another walk, any camera) of stored identities. ``structure="crops"``: every crop is an independent
+    view of its identity (no near duplicates), which makes the true neighbours much harder to find.
+    """
+
+    def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9, structure: str = "tracklets") -> None:
+        if structure not in STRUCTURES:
+            raise SystemExit(f"--structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
         rng = np.random.default_rng(seed)
-        self.dim, self.seed, self.noise = dim, seed, noise
+        self.dim, self.seed, self.noise, self.structure = dim, seed, noise, structure
         ids = max(1, rows // CROPS_PER_ID)
         self.spectrum = np.arange(1, dim + 1, dtype=np.float32) ** -0.35  # about 150 effective dimensions
         centres = rng.standard_normal((ids, dim), dtype=np.float32) * self.spectrum
@@ -67,25 +82,48 @@ class ReidLike:
         cams = rng.standard_normal((CAMERAS, dim), dtype=np.float32) * self.spectrum
         self.cameras = 0.35 * cams / np.linalg.norm(cams, axis=1, keepdims=True)
 
+    def _shaped(self, rng: np.random.Generator, count: int, low: float, high: float) -> np.ndarray:
+        """``count`` offsets in the embedding's dominant directions, of sizes drawn from [low, high)."""
+        x = rng.standard_normal((count, self.dim), dtype=np.float32) * self.spectrum
+        size = rng.uniform(low, high, (count, 1)).astype(np.float32)
+        return x * (size / np.linalg.norm(x, axis=1, keepdims=True))
+
+    def _tracklets(self, first: int, last: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
+        """Camera and offset (a walk's pose, light and background) of tracklets ``first..last``, block by
+        block of ``TRACKLET_BLOCK`` so that every range of rows sees the same tracklets."""
+        cams, offsets = [], []
+        for block in range(first // TRACKLET_BLOCK, last // TRACKLET_BLOCK + 1):
+            rng = np.random.default_rng([self.seed, block, 1000 + salt])
+            cams.append(rng.integers(0, CAMERAS, TRACKLET_BLOCK))
+            offsets.append(self._shaped(rng, TRACKLET_BLOCK, 0.3, 1.0) * self.noise)
+        lo = first - (first // TRACKLET_BLOCK) * TRACKLET_BLOCK
+        return np.concatenate(cams)[lo : lo + last - first + 1], np.concatenate(offsets)[lo : lo + last - first + 1]
+
     def rows(self, start: int, stop: int, salt: int = 0) -> np.ndarray:
         rng = np.random.default_rng([self.seed, start, salt])
+        count = stop - start
         ids = np.arange(start, stop) // CROPS_PER_ID % len(self.centres)
-        cams = rng.integers(0, CAMERAS, stop - start)
-        noise = rng.standard_normal((stop - start, self.dim), dtype=np.float32) * self.spectrum
-        # crops differ in quality (blur, occlusion, pose): the noise's size varies from crop to crop
-        scale = rng.uniform(0.3, 1.0, (stop - start, 1)).astype(np.float32) * self.noise
-        noise *= scale / np.linalg.norm(noise, axis=1, keepdims=True)
-        x = self.centres[ids] + self.cameras[cams] + noise
+        if self.structure == "crops":
+            cams = rng.integers(0, CAMERAS, count)
+            # crops differ in quality (blur, occlusion, pose): the noise's size varies from crop to crop
+            x = self.centres[ids] + self.cameras[cams] + self._shaped(rng, count, 0.3, 1.0) * self.noise
+        else:
+            tracklet = np.arange(start, stop) // TRACKLET
+            cams, offsets = self._tracklets(int(tracklet[0]), int(tracklet[-1]), salt)
+            at = tracklet - tracklet[0]
+            # frames of one walk differ a little (a step, a detector box): small noise around the walk's view
+            frames = self._shaped(rng, count, 0.05, 0.3) * self.noise
+            x = self.centres[ids] + self.cameras[cams[at]] + offsets[at] + frames
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def probes(self, count: int, rows: int) -> np.ndarray:
-        """New crops of stored identities (rows of the generator with other noise)."""
+        """New crops of stored identities: other views (``crops``) or frames of new walks (``tracklets``)."""
         rng = np.random.default_rng(self.seed + 7)
         picks = rng.choice(rows, size=count, replace=False)
-        return np.concatenate([self.rows(int(r), int(r) + 1, salt=1) for r in picks])
+        return np.concatenate([self.rows(int(r), int(r) + 1, salt=1 + i) for i, r in enumerate(picks)])
 
 
-def make_store(path: Path, rows: int, dim: int) -> None:
+def make_store(path: Path, rows: int, dim: int, structure: str) -> None:
     """Write the store batch by batch through StoreWriter (bounded memory), unless a complete one is cached."""
     from mdpr.store import FeatureStore, StoreMeta, StoreWriter
 
@@ -94,7 +132,7 @@ def make_store(path: Path, rows: int, dim: int) -> None:
             if len(store) == rows and store.dim == dim and not store.has_pending_journal:
                 return
         path.unlink()
-    gen = ReidLike(rows, dim)
+    gen = ReidLike(rows, dim, structure=structure)
     meta = StoreMeta(dim=dim, dtype="float16", fingerprint="bench", normalized=True)
     step = 1 << 16
     with StoreWriter(path, meta, checkpoint_interval=1e9) as writer:
@@ -139,9 +177,9 @@ def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
     from mdpr.store import FeatureStore
 
     rows = args.rows if part == "memory" else args.big_rows
-    path = work / f"reid_{rows}x{args.dim}.h5"
+    path = work / f"reid_{args.structure}_{rows}x{args.dim}.h5"
     t0 = time.perf_counter()
-    make_store(path, rows, args.dim)
+    make_store(path, rows, args.dim, args.structure)
     made = time.perf_counter() - t0
     target = (args.recall_memory if part == "memory" else args.recall_disk) or None  # 0: tune to 0.95 if reachable
     extra: Dict[str, Any] = {"recall": target, **({"threads": args.threads} if args.threads else {})}
@@ -150,8 +188,8 @@ def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
     if built is None or built.get("recall", {}).get("target") != (target or 0.95):
         built = build_in_child(path, args.kind, extra)
         sidecar.write_text(json.dumps(built))
-    probes = ReidLike(rows, args.dim).probes(args.probes, rows)
-    out: Dict[str, Any] = {"part": part, "rows": rows, "dim": args.dim, "store_seconds": round(made, 1),
+    probes = ReidLike(rows, args.dim, structure=args.structure).probes(args.probes, rows)
+    out: Dict[str, Any] = {"part": part, "structure": args.structure, "rows": rows, "dim": args.dim, "store_seconds": round(made, 1),
                            "kind": built["kind"], "reason": built["reason"], "build_seconds": built["seconds"],
                            "build_peak_rss_gb": round(built["peak_rss_bytes"] / 1e9, 2),
                            "index_memory_gb": round(built["memory_bytes"] / 1e9, 3),
@@ -198,6 +236,9 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=5_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--kind", default="auto")
+    parser.add_argument("--structure", default="tracklets", choices=STRUCTURES,
+                        help="tracklets: crops in walks of near-duplicate frames (a gallery indexed from cameras); "
+                        "crops: independent views only (harder)")
     parser.add_argument("--probes", type=int, default=200, help="probes for recall and latency")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--batch", type=int, default=20, help="index probes per timing round")
@@ -223,7 +264,7 @@ def main() -> None:
         return
     print(results["machine"])
     for r in results["parts"]:
-        print(f"\n{r['part']}: {r['rows']:,} x {r['dim']}, {r['kind']} ({r['reason']})")
+        print(f"\n{r['part']}: {r['rows']:,} x {r['dim']} ({r['structure']}), {r['kind']} ({r['reason']})")
         print(f"  build {r['build_seconds']:.1f} s, peak RSS {r['build_peak_rss_gb']} GB, index memory "
               f"{r['index_memory_gb']} GB, settings {r['settings']}")
         print(f"  recall@10 on new probes {r['probe_recall_at_10']}, measured at build {r['build_recall']}")

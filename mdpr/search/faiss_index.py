@@ -65,6 +65,12 @@ RECALL_QUERIES = 200
 DEFAULT_RECALL = 0.95
 #: Candidates proposed per probe before exact rescoring (at least twice top_k).
 SHORTLIST = 100
+#: HNSW's candidates: twice top_k (0). Its graph ranks them by exact float32 distances already, and faiss
+#: searches with at least as large an ``ef`` as the candidates asked for, so a long shortlist would only
+#: make every probe as slow as a large ``ef``.
+HNSW_SHORTLIST = 0
+#: ``ef`` values tried when tuning an HNSW index (steps of 1.5x: ef sets the latency almost linearly).
+HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 #: Shortlists tried when tuning an IVF-PQ index (its PQ distances only rank approximately).
 SHORTLISTS = (100, 200, 400, 800, 1600)
 #: Tuning leaves a group of settings when doubling the setting gains less recall@10 than this.
@@ -104,7 +110,9 @@ def _gb(n: float) -> str:
 def default_params(kind: str, rows: int, dim: int) -> Dict[str, Any]:
     """Build settings for ``kind`` that suit ``rows`` x ``dim`` (see ``docs/feature-store.md``)."""
     if kind == "hnsw":
-        return {"hnsw_m": 32, "ef_construction": 40}
+        # a larger construction beam than faiss's 40: galleries are tight clusters (one person's crops), and
+        # with a narrow beam the graph links too few clusters together for probes to reach them
+        return {"hnsw_m": 32, "ef_construction": 100}
     if kind == "ivfpq":
         nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
         nlist = int(max(1, min(nlist, 65536, rows // TRAIN_PER_LIST or 1)))
@@ -169,7 +177,7 @@ def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> Dict
         if int(out["hnsw_m"]) < 2:
             raise MdprError(f"hnsw_m {out['hnsw_m']} must be at least 2 (32 is usual).", keys=("hnsw_m",))
         if int(out["ef_construction"]) < 1:
-            raise MdprError(f"ef_construction {out['ef_construction']} must be at least 1 (40 is usual).",
+            raise MdprError(f"ef_construction {out['ef_construction']} must be at least 1 (100 is the default).",
                            keys=("ef_construction",))
     return {k: int(v) for k, v in out.items()}
 
@@ -459,7 +467,7 @@ class FaissIndex(Index):
             for shard in shards:
                 self.faiss_index.add_shard(shard)
         self.settings: Dict[str, int] = {}
-        self.shortlist = int(meta.search.get("shortlist", SHORTLIST))
+        self.shortlist = int(meta.search.get("shortlist", HNSW_SHORTLIST if meta.kind == "hnsw" else SHORTLIST))
         self.configure(**{k: v for k, v in meta.search.items() if k in ("nprobe", "ef")})
 
     @classmethod
@@ -612,7 +620,7 @@ def _ladder(index: FaissIndex) -> List[List[Dict[str, int]]]:
         # PQ distances are approximate: past a few lists, recall is limited by how many candidates are rescored
         return [[{"nprobe": n, "shortlist": sl} for n in _nprobes(index)] for sl in SHORTLISTS]
     if index.kind == "hnsw":
-        return [[{"ef": 2 ** i, "shortlist": SHORTLIST} for i in range(4, 12)]]
+        return [[{"ef": ef, "shortlist": HNSW_SHORTLIST} for ef in HNSW_EFS]]
     return [[{"shortlist": SHORTLIST}]]
 
 
