@@ -2,11 +2,13 @@
 
 Features: identities of 20 crops each; identity centres drawn from an anisotropic Gaussian (the energy
 of real ReID embeddings sits in a few hundred directions), L2-normalised, stored float16 like
-``mdpr extract --half``. ``--structure tracklets`` (default): an identity's crops are 4 walks past a
-camera of 5 near-duplicate frames each (crop = centre + camera offset + walk offset + small frame noise),
-as a gallery indexed from camera tracks is; probes are frames of new walks of stored identities.
-``--structure crops``: every crop an independent view (centre + camera offset + noise); probes are new
-views.
+``mdpr extract --half``. ``--structure appearance`` (default): identity centres gather in appearance
+groups of 50 people (who dress alike: 70% of a centre is its group's), and an identity's crops are 4 walks
+past a camera of 5 near-duplicate frames each (crop = centre + camera offset + walk offset + small frame
+noise), as a gallery indexed from camera tracks is; probes are frames of new walks of stored identities.
+``--structure tracklets``: the same walks, identity centres spread uniformly (no appearance groups).
+``--structure crops``: identities spread uniformly, every crop an independent view (centre + camera
+offset + noise), probes new views: the true neighbours spread over the most IVF cells (hardest).
 
 1. in-memory -- ``rows`` (1M) x 512: ``mdpr.workflows.index.build_index(kind="auto")`` (HNSW at this size),
    then per-probe latency of ``Index.search`` (shortlist rescored exactly from the store) against exact
@@ -47,7 +49,9 @@ CROPS_PER_ID = 20
 CAMERAS = 6
 TRACKLET = 5  # frames per tracklet: an identity's 20 crops are 4 walks past the cameras
 TRACKLET_BLOCK = 4096
-STRUCTURES = ("tracklets", "crops")
+STRUCTURES = ("appearance", "tracklets", "crops")
+IDS_PER_GROUP = 50  # identities that share an appearance group (clothing colours, build, carried bags)
+GROUP_SHARE = 0.7  # how much of an identity's centre its group sets
 
 
 def med(values: List[float]) -> float:
@@ -64,13 +68,14 @@ def load() -> str:
 class ReidLike:
     """Deterministic generator of clustered ReID-like rows (any range of rows, without holding them all).
 
-    ``structure="tracklets"`` (the default): a gallery indexed from cameras, where each identity's crops come
-    in tracklets of ``TRACKLET`` near-duplicate frames of one walk past one camera; probes are new tracklets
-    (another walk, any camera) of stored identities. ``structure="crops"``: every crop is an independent
-    view of its identity (no near duplicates), which makes the true neighbours much harder to find.
+    ``structure="tracklets"``: a gallery indexed from cameras, where each identity's crops come in tracklets
+    of ``TRACKLET`` near-duplicate frames of one walk past one camera; probes are new tracklets (another
+    walk, any camera) of stored identities. ``"appearance"`` (the default): the same, with identity centres
+    gathered in appearance groups of ``IDS_PER_GROUP``. ``"crops"``: every crop is an independent view of
+    its identity (no near duplicates), which makes the true neighbours much harder to find.
     """
 
-    def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9, structure: str = "tracklets") -> None:
+    def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9, structure: str = "appearance") -> None:
         if structure not in STRUCTURES:
             raise SystemExit(f"--structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
         rng = np.random.default_rng(seed)
@@ -79,6 +84,12 @@ class ReidLike:
         self.spectrum = np.arange(1, dim + 1, dtype=np.float32) ** -0.35  # about 150 effective dimensions
         centres = rng.standard_normal((ids, dim), dtype=np.float32) * self.spectrum
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        if structure == "appearance":
+            # people who dress alike are near each other: identity centres gather around appearance groups
+            groups = rng.standard_normal((max(1, ids // IDS_PER_GROUP), dim), dtype=np.float32) * self.spectrum
+            groups /= np.linalg.norm(groups, axis=1, keepdims=True)
+            pulled = GROUP_SHARE * groups[rng.integers(0, len(groups), ids)] + np.sqrt(1 - GROUP_SHARE**2) * self.centres
+            self.centres = pulled / np.linalg.norm(pulled, axis=1, keepdims=True)
         cams = rng.standard_normal((CAMERAS, dim), dtype=np.float32) * self.spectrum
         self.cameras = 0.35 * cams / np.linalg.norm(cams, axis=1, keepdims=True)
 
@@ -236,9 +247,10 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=5_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--kind", default="auto")
-    parser.add_argument("--structure", default="tracklets", choices=STRUCTURES,
-                        help="tracklets: crops in walks of near-duplicate frames (a gallery indexed from cameras); "
-                        "crops: independent views only (harder)")
+    parser.add_argument("--structure", default="appearance", choices=STRUCTURES,
+                        help="appearance: tracklets of identities that gather in appearance groups (default); "
+                        "tracklets: walks of near-duplicate frames, identities spread uniformly; "
+                        "crops: independent views, identities spread uniformly (hardest)")
     parser.add_argument("--probes", type=int, default=200, help="probes for recall and latency")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--batch", type=int, default=20, help="index probes per timing round")

@@ -73,7 +73,7 @@ HNSW_SHORTLIST = 0
 HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 #: Shortlists tried when tuning an IVF-PQ index (its PQ distances only rank approximately).
 SHORTLISTS = (100, 200, 400, 800, 1600)
-#: Tuning leaves a group of settings when doubling the setting gains less recall@10 than this.
+#: Tuning leaves a group of settings when a step of the setting gains less recall@10 than this.
 PLATEAU = 0.003
 #: Rows handed to faiss per ``add`` call (with the float32 copy: bounded memory whatever the store's size).
 ADD_ROWS = 1 << 15
@@ -610,12 +610,16 @@ def measure_recall(index: FaissIndex, queries: int = RECALL_QUERIES, seed: int =
 
 
 def _nprobes(index: FaissIndex) -> List[int]:
-    return sorted({min(index.nlist, 2 ** i) for i in range(0, int(math.log2(max(1, index.nlist))) + 2)})
+    """1, 2, 3, 4, 6, 8, 12, ... up to every list: steps of about 1.5x (the latency grows with nprobe)."""
+    steps = {index.nlist}
+    for i in range(int(math.log2(max(1, index.nlist))) + 1):
+        steps.update({2 ** i, 3 * 2 ** i // 2} if i else {1})
+    return sorted(n for n in steps if 1 <= n <= index.nlist)
 
 
 def _ladder(index: FaissIndex) -> List[List[Dict[str, int]]]:
     """Search settings to try, cheapest first, in groups: within a group only the faiss setting grows; a group
-    is left early once doubling the setting stops paying (the shortlist is then what limits recall)."""
+    is left early once a step of the setting stops paying (the shortlist is then what limits recall)."""
     if index.kind == "ivfpq":
         # PQ distances are approximate: past a few lists, recall is limited by how many candidates are rescored
         return [[{"nprobe": n, "shortlist": sl} for n in _nprobes(index)] for sl in SHORTLISTS]
