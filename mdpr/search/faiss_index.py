@@ -57,8 +57,6 @@ from mdpr.store import FeatureStore
 
 #: Below this many rows ``kind="auto"`` keeps exact search (a scan of a million 512-d rows takes about 0.3 s).
 AUTO_MIN_ROWS = 1_000_000
-#: ``kind="auto"`` chooses HNSW when a float32 copy of the rows (plus its graph) fits in this share of memory.
-HNSW_MEMORY_SHARE = 0.25
 #: Rows of the store used as queries to measure recall (their own row excluded from the neighbours).
 RECALL_QUERIES = 200
 #: Recall@10 that the search settings are tuned to when no target is given.
@@ -79,8 +77,11 @@ PLATEAU = 0.003
 ADD_ROWS = 1 << 15
 #: Rows per coarse cluster used to train IVF (faiss warns below 39).
 TRAIN_PER_LIST = 40
-#: Above this many lists the coarse quantizer is an HNSW graph over the centroids (fast assignment).
-FLAT_QUANTIZER_MAX_LISTS = 1024
+#: Above this many lists the coarse quantizer is an HNSW graph over the centroids (fast assignment); up to
+#: it, an exact (flat) one, whose assignment of every row to its nearest list is exact.
+FLAT_QUANTIZER_MAX_LISTS = 4096
+#: Search and construction beam of an HNSW coarse quantizer.
+HNSW_QUANTIZER_EF = 128
 RECALL_KS = (1, 10, 100)
 
 Stage = Callable[[str, int, int], None]
@@ -135,23 +136,25 @@ def estimate_memory(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> i
 
 
 def choose_kind(rows: int, dim: int, memory_bytes: Optional[int] = None) -> Tuple[str, str]:
-    """``(kind, reason)`` for ``kind="auto"``: exact below :data:`AUTO_MIN_ROWS` rows, then HNSW while a float32
-    copy fits in :data:`HNSW_MEMORY_SHARE` of memory, else IVF-PQ."""
+    """``(kind, reason)`` for ``kind="auto"``: exact below :data:`AUTO_MIN_ROWS` rows, IVF-PQ above.
+
+    IVF-PQ rather than HNSW: a gallery indexed from camera tracks holds runs of near-duplicate frames, on
+    which HNSW's graph pruning leaves neighbours unreachable (docs/benchmarks.md: recall@10 at most 0.93 at
+    1M rows whatever ``ef``), while IVF-PQ with exact rescoring keeps its recall, in a thirtieth of the
+    memory. ``memory_bytes`` only words the reason.
+    """
     size = f"{rows:,} rows x {dim}"
     if rows < AUTO_MIN_ROWS:
         return "exact", (f"{size}: exact search scans {_gb(rows * dim * 2)} (float16) per batch of probes, fast "
                          f"enough below about {AUTO_MIN_ROWS:,} rows, so no index is needed")
     total = memory_bytes or _total_memory()
-    hnsw = estimate_memory("hnsw", rows, dim, default_params("hnsw", rows, dim))
-    budget = HNSW_MEMORY_SHARE * total
-    if hnsw <= budget:
-        return "hnsw", (f"{size}: an HNSW graph over float32 copies ({_gb(hnsw)}) fits in a quarter of this "
-                        f"machine's memory ({_gb(total)}), and gives the fastest probes at high recall")
     params = default_params("ivfpq", rows, dim)
     ivf = estimate_memory("ivfpq", rows, dim, params)
-    return "ivfpq", (f"{size}: an HNSW graph ({_gb(hnsw)}) would not fit in a quarter of this machine's memory "
-                     f"({_gb(total)}), so IVF-PQ with {params['nlist']} lists and {params['m']}-byte codes "
-                     f"({_gb(ivf)}), whose shortlists are rescored exactly from the store")
+    hnsw = estimate_memory("hnsw", rows, dim, default_params("hnsw", rows, dim))
+    return "ivfpq", (f"{size}: IVF-PQ with {params['nlist']} lists and {params['m']}-byte codes ({_gb(ivf)} of this "
+                     f"machine's {_gb(total)}), whose shortlists are rescored exactly from the store; it keeps "
+                     f"its recall on galleries of near-duplicate frames, where HNSW ({_gb(hnsw)}, kind hnsw) "
+                     f"loses neighbours")
 
 
 def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -247,6 +250,11 @@ def _new_index(faiss: Any, kind: str, dim: int, params: Dict[str, Any], gpu: boo
     nlist = params["nlist"]
     flat = gpu or nlist <= FLAT_QUANTIZER_MAX_LISTS  # faiss moves only flat quantizers to a GPU
     quantizer = faiss.IndexFlatL2(dim) if flat else faiss.IndexHNSWFlat(dim, 32)
+    if not flat:
+        # faiss's default beam (16) misplaces rows of a clustered gallery into lists that their probes never
+        # visit, which no nprobe recovers; a wider beam costs little next to the lists' scan
+        quantizer.hnsw.efConstruction = HNSW_QUANTIZER_EF
+        quantizer.hnsw.efSearch = HNSW_QUANTIZER_EF
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, params["m"], params["nbits"])
     index.own_fields = True  # the quantizer's lifetime is the index's (Python would otherwise free it)
     quantizer.this.disown()

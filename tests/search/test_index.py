@@ -187,10 +187,10 @@ def test_shards_serve_together_and_one_by_one(tmp_path: Path) -> None:
 def test_choose_kind_from_size_and_dimension() -> None:
     kind, reason = choose_kind(50_000, 512)
     assert kind == "exact" and "no index is needed" in reason
-    kind, reason = choose_kind(2_000_000, 512, memory_bytes=64 << 30)
-    assert kind == "hnsw" and "fits in a quarter" in reason
+    kind, reason = choose_kind(1_000_000, 512, memory_bytes=64 << 30)
+    assert kind == "ivfpq" and "1024 lists" in reason and "kind hnsw" in reason
     kind, reason = choose_kind(5_000_000, 512, memory_bytes=24 << 30)
-    assert kind == "ivfpq" and "would not fit" in reason and "2048 lists" in reason and "64-byte codes" in reason
+    assert kind == "ivfpq" and "2048 lists" in reason and "64-byte codes" in reason and "25.77 GB" in reason
 
 
 def test_auto_below_the_threshold_writes_nothing(tmp_path: Path) -> None:
