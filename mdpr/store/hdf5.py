@@ -7,8 +7,10 @@ rule), so readers and restarted writers always see a complete file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -111,8 +113,12 @@ def write_file_atomic(
     stamp: str = "",
     history: Sequence[Tuple[int, str]] = (),
     rows_hint: Optional[int] = None,
+    exact_rows: Optional[int] = None,
 ) -> int:
     """Write a complete store file from ``blocks`` and put it in place atomically; return its row count.
+
+    ``exact_rows``: the blocks hold exactly this many rows (a copy of stored rows, as compaction makes); the
+    features are then written straight into the file's preallocated chunks while HDF5 writes the paths.
 
     Refused before writing when the disk lacks the room (HDF5 does not survive a full disk: its objects break
     and the interpreter can crash when they are collected); the caller's journal keeps the rows meanwhile.
@@ -122,7 +128,7 @@ def write_file_atomic(
         ensure_free_space(path, int(rows_hint) * per_row + _FILE_OVERHEAD, "the feature store")
     with atomic_path(path) as tmp:
         return write_file(tmp, meta, blocks, failed=failed, created=created, complete=complete, stamp=stamp,
-                          history=history, rows_hint=rows_hint)
+                          history=history, rows_hint=rows_hint, exact_rows=exact_rows)
 
 
 def is_temporary_of(name: str, store_name: str) -> bool:
@@ -173,17 +179,29 @@ def write_file(
     stamp: str = "",
     history: Sequence[Tuple[int, str]] = (),
     rows_hint: Optional[int] = None,
+    exact_rows: Optional[int] = None,
 ) -> int:
     """Write a complete store file at ``path`` (no atomicity: callers write to a temporary path).
 
-    ``rows_hint`` (the rows about to be written, when known) keeps the chunks of a small file small.
+    ``rows_hint`` (the rows about to be written, when known) keeps the chunks of a small file small;
+    ``exact_rows`` see :func:`write_file_atomic`.
     """
+    if exact_rows is not None:
+        rows_hint = exact_rows
     chunk = chunk_rows_for(meta.dim, meta.dtype)
     if rows_hint is not None:
         chunk = max(1, min(chunk, int(rows_hint)))
     str_dtype = h5py.string_dtype("utf-8")
     with h5py.File(path, "w", libver=LIBVER) as h5:
         _write_attrs(h5, meta, created, stamp, history)
+        if exact_rows:
+            direct = _DirectFeatures.create(h5, path, meta, int(exact_rows), chunk)
+            if direct is not None:
+                with direct:
+                    n = _write_rows_direct(h5, direct, blocks, int(exact_rows), rows_hint)
+                _write_end_attrs(h5, failed, complete)
+                return n
+            del h5["features"]
         feats = h5.create_dataset("features", shape=(0, meta.dim), maxshape=(None, meta.dim), dtype=meta.dtype,
                                   chunks=(chunk, meta.dim))
         paths = h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),))
@@ -203,6 +221,76 @@ def write_file(
             camids[n : n + m] = rows.camids
             n += m
         _write_end_attrs(h5, failed, complete)
+    return n
+
+
+class _DirectFeatures:
+    """A ``features`` dataset of known size whose chunks HDF5 allocates up front, back to back, and which
+    this process then fills with plain ``pwrite`` calls from a worker thread (no HDF5 call, so no HDF5
+    lock: the paths are written through HDF5 at the same time)."""
+
+    def __init__(self, fd: int, base: int, dtype: np.dtype, dim: int) -> None:
+        self.fd, self.base, self.dtype, self.row_bytes = fd, base, dtype, dim * dtype.itemsize
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdpr-store-copy")
+
+    @classmethod
+    def create(cls, h5: h5py.File, path: Path, meta: StoreMeta, rows: int, chunk: int) -> Optional[_DirectFeatures]:
+        """The dataset, or None (the caller writes through HDF5) where the chunks are not laid out in order."""
+        if not hasattr(h5py.h5d.DatasetID, "chunk_iter") or not hasattr(os, "pwrite"):
+            return None  # HDF5 before 1.12.3 (no chunk offsets to write to), or no pwrite (Windows)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((chunk, meta.dim))
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written below: no zeros first
+        space = h5py.h5s.create_simple((rows, meta.dim), (h5py.h5s.UNLIMITED, meta.dim))
+        dtype = np.dtype(meta.dtype)
+        h5py.h5d.create(h5.id, b"features", h5py.h5t.py_create(dtype), space, dcpl=dcpl)
+        chunk_bytes = chunk * meta.dim * dtype.itemsize
+        offsets: List[int] = []
+        h5["features"].id.chunk_iter(lambda info: offsets.append(int(info.byte_offset)))
+        if len(offsets) != -(-rows // chunk) or any(o != offsets[0] + i * chunk_bytes for i, o in enumerate(offsets)):
+            # never seen for a new file's early allocation; the caller replaces the dataset (its space is lost)
+            return None
+        return cls(os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0)), offsets[0], dtype, meta.dim)
+
+    def write(self, start: int, features: np.ndarray) -> concurrent.futures.Future[None]:
+        data = np.ascontiguousarray(features, dtype=self.dtype)
+        return self.pool.submit(self._pwrite, data.data.cast("B"), self.base + start * self.row_bytes)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while data:
+            done = os.pwrite(self.fd, data, offset)
+            data, offset = data[done:], offset + done
+
+    def __enter__(self) -> _DirectFeatures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+        os.close(self.fd)
+
+
+def _write_rows_direct(h5: h5py.File, direct: _DirectFeatures, blocks: Iterable[Rows], rows: int,
+                       rows_hint: Optional[int]) -> int:
+    str_dtype = h5py.string_dtype("utf-8")
+    paths = h5.create_dataset("paths", shape=(rows,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),))
+    pids = h5.create_dataset("pids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
+    camids = h5.create_dataset("camids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
+    n = 0
+    for block in blocks:
+        m = len(block.paths)
+        if n + m > rows:
+            raise ValueError(f"the rows to copy are more than the {rows} announced")
+        # the features go to the file while HDF5 takes the paths; the block (often a view of a memory-mapped
+        # source) is waited for before the next one is asked for, so the source stays open meanwhile
+        pending = direct.write(n, block.features)
+        paths[n : n + m] = np.array([p if isinstance(p, bytes) else encode_path(p) for p in block.paths], dtype=object)
+        pids[n : n + m] = block.pids
+        camids[n : n + m] = block.camids
+        pending.result()
+        n += m
+    if n != rows:
+        raise ValueError(f"the rows to copy are {n}, not the {rows} announced")
     return n
 
 

@@ -395,7 +395,8 @@ class StoreWriter:
 
         total = write_file_atomic(self.path, self.meta, blocks(), failed=failed, created=self.created,
                                   complete=complete, stamp=stamp, history=history,
-                                  rows_hint=self.stored_rows + self._new_rows())
+                                  rows_hint=self.stored_rows + self._new_rows(),
+                                  exact_rows=self.stored_rows if copy_only else None)
         remove_unreferenced_segments(self.path, [])
         self._after_fold(total, complete, stamp, history, [Segment(self.path, 0, total)] if total else [],
                          segmented=False)

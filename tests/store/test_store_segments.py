@@ -181,3 +181,41 @@ def test_orphaned_segments_are_removed_by_the_next_writer(tmp_path: Path) -> Non
     assert not orphan.exists() and len(list((tmp_path / "s.h5.segments").iterdir())) == len(
         FeatureStore.open(out).segments)
     _check(out, 10)
+
+
+def test_compact_writes_features_straight_into_mapped_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compaction copies the features with plain writes into preallocated chunks: the rows are the same
+    bytes, the file stays memory-mappable chunk by chunk, and it is no larger than one written by HDF5."""
+    from mdpr.store import hdf5
+    from mdpr.store.schema import chunk_rows_for
+
+    written: list = []
+    pwrite = hdf5._DirectFeatures._pwrite
+    monkeypatch.setattr(hdf5._DirectFeatures, "_pwrite", lambda self, data, offset: (written.append(len(data)),
+                                                                                     pwrite(self, data, offset)))
+
+    dim = 64
+    chunk = chunk_rows_for(dim, "float16")
+    meta = StoreMeta(dim=dim, dtype="float16", fingerprint="abc", normalized=False)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((2 * chunk + 37, dim)).astype(np.float16)
+    sizes = [chunk // 3, chunk + 5, len(feats) - chunk // 3 - chunk - 5]  # segments that cut chunks anywhere
+    out, start = tmp_path / "s.h5", 0
+    for size in sizes:
+        with StoreWriter(out, meta, layout="segments") as w:
+            w.add(feats[start : start + size], [f"{i:05d}.jpg" for i in range(start, start + size)],
+                  pids=list(range(start, start + size)), camids=[i % 3 for i in range(start, start + size)])
+        start += size
+    assert compact(out).segments_before == 3
+    assert sum(written) == feats.nbytes  # every feature byte went by the direct path
+    with FeatureStore.open(out) as store:
+        assert store.layout == "single" and store._chunk_layout() is not None
+        assert np.array_equal(store.read_features(dtype=np.float16), feats)
+        assert store.paths == [f"{i:05d}.jpg" for i in range(len(feats))]
+        assert store.pids.tolist() == list(range(len(feats))) and store.camids.tolist()[:4] == [0, 1, 2, 0]
+    with h5py.File(out, "r") as h5:
+        assert np.array_equal(h5["features"][:], feats)
+    reference = tmp_path / "written.h5"  # the same rows written through HDF5 in one go
+    write_store(reference, meta, feats, [f"{i:05d}.jpg" for i in range(len(feats))], pids=list(range(len(feats))),
+                camids=[i % 3 for i in range(len(feats))])
+    assert out.stat().st_size < 1.1 * reference.stat().st_size
