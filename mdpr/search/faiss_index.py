@@ -643,31 +643,41 @@ def _apply(index: FaissIndex, step: Dict[str, int]) -> None:
 
 def tune(index: FaissIndex, recall: Optional[float], queries: int = RECALL_QUERIES, seed: int = 0,
          progress: Optional[Stage] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(search settings, measured recall)``: the cheapest nprobe / ef and shortlist whose recall@10 reaches
+    """``(search settings, measured recall)``: the fastest nprobe / ef and shortlist whose recall@10 reaches
     ``recall`` (default :data:`DEFAULT_RECALL`, then the best setting when none reaches it; an explicit target
-    that no setting reaches is refused with the best reachable value)."""
+    that no setting reaches is refused with the best reachable value).
+
+    Each group of the ladder (one shortlist length) climbs until it reaches the target; the groups are then
+    compared by the time their sample search took, since a longer shortlist at a small nprobe can beat a
+    short one that must scan many lists. A group is left once it is slower than the fastest setting found.
+    """
     report = progress or (lambda stage, done, total: None)
     target = DEFAULT_RECALL if recall is None else float(recall)
     rows, feats, exact = _recall_queries(index, queries, seed)
     groups = _ladder(index)
-    best: Optional[Tuple[float, Dict[str, int]]] = None
-    reached = False
+    best: Optional[Tuple[float, Dict[str, int]]] = None  # the highest recall, for when nothing reaches the target
+    fastest: Optional[Tuple[float, float, Dict[str, int]]] = None  # (seconds, recall, step) reaching the target
     for g, group in enumerate(groups):
         report("recall", g, len(groups))
         previous = -1.0
         for step in group:
             _apply(index, step)
+            started = time.perf_counter()
             at10 = _recall_at(index, rows, feats, exact, ks=(10,))["at_10"]
-            if best is None or at10 > best[0] or at10 >= target:
+            seconds = time.perf_counter() - started
+            if best is None or at10 > best[0]:
                 best = (at10, step)
             if at10 >= target:
-                reached = True
+                if fastest is None or seconds < fastest[0]:
+                    fastest = (seconds, at10, step)
+                break
+            if fastest is not None and seconds > fastest[0]:
                 break
             if at10 - previous < PLATEAU:
                 break
             previous = at10
-        if reached:
-            break
+    if fastest is not None:
+        best = (fastest[1], fastest[2])
     assert best is not None
     report("recall", len(groups), len(groups))
     at10, step = best
