@@ -14,7 +14,7 @@ from mdpr.cli.app import app, command, console, err_console, print_json
 EXAMPLES = """
 [bold]Examples[/]
 
-  mdpr index build --gallery feats.h5                      # auto: exact below ~1M rows, else HNSW or IVF-PQ
+  mdpr index build --gallery feats.h5                      # auto: exact below ~1M rows, else IVF-PQ
   mdpr index build --gallery feats.h5 --kind ivfpq --recall 0.95 --shards 4
   mdpr index update feats.h5                                # after `mdpr extract --append`
   mdpr index info feats.h5 --json
