@@ -191,7 +191,6 @@ def write_file(
     chunk = chunk_rows_for(meta.dim, meta.dtype)
     if rows_hint is not None:
         chunk = max(1, min(chunk, int(rows_hint)))
-    str_dtype = h5py.string_dtype("utf-8")
     with h5py.File(path, "w", libver=LIBVER) as h5:
         _write_attrs(h5, meta, created, stamp, history)
         if exact_rows:
@@ -204,21 +203,16 @@ def write_file(
             del h5["features"]
         feats = h5.create_dataset("features", shape=(0, meta.dim), maxshape=(None, meta.dim), dtype=meta.dtype,
                                   chunks=(chunk, meta.dim))
-        paths = h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),))
-        pids = h5.create_dataset("pids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
-        camids = h5.create_dataset("camids", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
+        columns = _row_columns(h5, 0, rows_hint)
         n = 0
         for rows in _coalesce(blocks, chunk):  # journal batches join up to a chunk; large blocks pass as they are
             m = len(rows.paths)
             if m == 0:
                 continue
-            for ds in (feats, paths, pids, camids):
+            for ds in (feats, *columns):
                 ds.resize(n + m, axis=0)
             feats[n : n + m] = rows.features
-            paths[n : n + m] = np.array([p if isinstance(p, bytes) else encode_path(p) for p in rows.paths],
-                                           dtype=object)
-            pids[n : n + m] = rows.pids
-            camids[n : n + m] = rows.camids
+            _write_columns(columns, n, rows)
             n += m
         _write_end_attrs(h5, failed, complete)
     return n
@@ -270,12 +264,28 @@ class _DirectFeatures:
         os.close(self.fd)
 
 
+def _row_columns(h5: h5py.File, rows: int, rows_hint: Optional[int]) -> Tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """The paths, pids and camids datasets of a new file, ``rows`` long and growable."""
+    str_dtype = h5py.string_dtype("utf-8")
+    return (
+        h5.create_dataset("paths", shape=(rows,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),)),
+        h5.create_dataset("pids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),)),
+        h5.create_dataset("camids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),)),
+    )
+
+
+def _write_columns(columns: Tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset], start: int, rows: Rows) -> None:
+    """Rows ``start..`` of the paths (stored bytes kept as they are), pids and camids."""
+    paths, pids, camids = columns
+    stop = start + len(rows.paths)
+    paths[start:stop] = np.array([p if isinstance(p, bytes) else encode_path(p) for p in rows.paths], dtype=object)
+    pids[start:stop] = rows.pids
+    camids[start:stop] = rows.camids
+
+
 def _write_rows_direct(h5: h5py.File, direct: _DirectFeatures, blocks: Iterable[Rows], rows: int,
                        rows_hint: Optional[int]) -> int:
-    str_dtype = h5py.string_dtype("utf-8")
-    paths = h5.create_dataset("paths", shape=(rows,), maxshape=(None,), dtype=str_dtype, chunks=(_small(4096, rows_hint),))
-    pids = h5.create_dataset("pids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
-    camids = h5.create_dataset("camids", shape=(rows,), maxshape=(None,), dtype=np.int32, chunks=(_small(16384, rows_hint),))
+    columns = _row_columns(h5, rows, rows_hint)
     n = 0
     for block in blocks:
         m = len(block.paths)
@@ -284,9 +294,7 @@ def _write_rows_direct(h5: h5py.File, direct: _DirectFeatures, blocks: Iterable[
         # the features go to the file while HDF5 takes the paths; the block (often a view of a memory-mapped
         # source) is waited for before the next one is asked for, so the source stays open meanwhile
         pending = direct.write(n, block.features)
-        paths[n : n + m] = np.array([p if isinstance(p, bytes) else encode_path(p) for p in block.paths], dtype=object)
-        pids[n : n + m] = block.pids
-        camids[n : n + m] = block.camids
+        _write_columns(columns, n, block)
         pending.result()
         n += m
     if n != rows:
