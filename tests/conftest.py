@@ -12,6 +12,18 @@ import torch
 DATA_DIR = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The home of module- and session-scoped fixtures, which pytest sets up before the per-test home below:
+    without it they would register their stores and runs in the user's real MDPR_HOME."""
+    home = tmp_path_factory.mktemp("mdpr-session-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MDPR_HOME", str(home))
+        patch.setenv("TORCH_HOME", str(home / "torch"))
+        _offline(patch)
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def mdpr_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("mdpr-home")

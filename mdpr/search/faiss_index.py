@@ -82,6 +82,10 @@ TRAIN_PER_LIST = 40
 FLAT_QUANTIZER_MAX_LISTS = 4096
 #: Search and construction beam of an HNSW coarse quantizer.
 HNSW_QUANTIZER_EF = 128
+#: PQ code bits that faiss scans with SIMD lookup tables (IndexIVFPQFastScan); the CPU default
+FAST_SCAN_BITS = 4
+#: code bits on a GPU, whose IVF-PQ has no fast-scan layout
+GPU_BITS = 8
 RECALL_KS = (1, 10, 100)
 
 Stage = Callable[[str, int, int], None]
@@ -108,8 +112,12 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def default_params(kind: str, rows: int, dim: int) -> Dict[str, Any]:
-    """Build settings for ``kind`` that suit ``rows`` x ``dim`` (see ``docs/feature-store.md``)."""
+def default_params(kind: str, rows: int, dim: int, gpu: bool = False) -> Dict[str, Any]:
+    """Build settings for ``kind`` that suit ``rows`` x ``dim`` (see ``docs/feature-store.md``).
+
+    IVF-PQ codes are 4-bit on the CPU: faiss scans them with SIMD lookup tables (fast scan), about 8 times
+    faster than 8-bit codes, and the coarser codes cost no recall once the shortlist is rescored exactly.
+    """
     if kind == "hnsw":
         # a larger construction beam than faiss's 40: galleries are tight clusters (one person's crops), and
         # with a narrow beam the graph links too few clusters together for probes to reach them
@@ -118,7 +126,8 @@ def default_params(kind: str, rows: int, dim: int) -> Dict[str, Any]:
         nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
         nlist = int(max(1, min(nlist, 65536, rows // TRAIN_PER_LIST or 1)))
         m = max(d for d in range(1, min(64, dim) + 1) if dim % d == 0 and (dim // d >= 2 or dim == 1))
-        nbits = int(max(1, min(8, math.floor(math.log2(max(2, rows // TRAIN_PER_LIST))))))
+        most = GPU_BITS if gpu else FAST_SCAN_BITS
+        nbits = int(max(1, min(most, math.floor(math.log2(max(2, rows // TRAIN_PER_LIST))))))
         return {"nlist": nlist, "m": m, "nbits": nbits}
     return {}
 
@@ -151,15 +160,16 @@ def choose_kind(rows: int, dim: int, memory_bytes: Optional[int] = None) -> Tupl
     params = default_params("ivfpq", rows, dim)
     ivf = estimate_memory("ivfpq", rows, dim, params)
     hnsw = estimate_memory("hnsw", rows, dim, default_params("hnsw", rows, dim))
-    return "ivfpq", (f"{size}: IVF-PQ with {params['nlist']} lists and {params['m']}-byte codes ({_gb(ivf)} of this "
+    code = math.ceil(params["m"] * params["nbits"] / 8)
+    return "ivfpq", (f"{size}: IVF-PQ with {params['nlist']} lists and {code}-byte codes ({_gb(ivf)} of this "
                      f"machine's {_gb(total)}), whose shortlists are rescored exactly from the store; it keeps "
                      f"its recall on galleries of near-duplicate frames, where HNSW ({_gb(hnsw)}, kind hnsw) "
                      f"loses neighbours")
 
 
-def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> Dict[str, Any]:
+def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any], gpu: bool = False) -> Dict[str, Any]:
     """Defaults filled in and every setting checked (one sentence naming the argument when impossible)."""
-    out = {**default_params(kind, rows, dim), **{k: v for k, v in params.items() if v is not None}}
+    out = {**default_params(kind, rows, dim, gpu), **{k: v for k, v in params.items() if v is not None}}
     unknown = sorted(set(out) - set(default_params(kind, rows, dim)))
     if unknown:
         raise MdprError(f"{', '.join(unknown)} do(es) not apply to a {KIND_NAMES[kind]} index; leave it out.")
@@ -172,7 +182,8 @@ def check_params(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> Dict
             raise MdprError(f"m {m} (PQ sub-vectors) must divide the feature size {dim}; for example "
                             f"{default_params(kind, rows, dim)['m']}.", keys=("m",))
         if not 1 <= nbits <= 16:
-            raise MdprError(f"nbits {nbits} must be between 1 and 16 (8 is usual).", keys=("nbits",))
+            raise MdprError(f"nbits {nbits} must be between 1 and 16 (4, the default, is scanned fastest).",
+                            keys=("nbits",))
         if 2 ** nbits > rows:
             raise MdprError(f"nbits {nbits} needs at least {2 ** nbits} rows to train on, more than the store's {rows}; "
                             f"the most for this store is {int(math.log2(rows))}.", keys=("nbits",))
@@ -255,7 +266,12 @@ def _new_index(faiss: Any, kind: str, dim: int, params: Dict[str, Any], gpu: boo
         # visit, which no nprobe recovers; a wider beam costs little next to the lists' scan
         quantizer.hnsw.efConstruction = HNSW_QUANTIZER_EF
         quantizer.hnsw.efSearch = HNSW_QUANTIZER_EF
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, params["m"], params["nbits"])
+    if params["nbits"] == FAST_SCAN_BITS and not gpu:
+        # codes laid out in blocks for SIMD table lookups; distances to the list centres are not subtracted
+        # first (no residuals), so a probe builds one lookup table instead of one per list it visits
+        index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, params["m"], FAST_SCAN_BITS)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, params["m"], params["nbits"])
     index.own_fields = True  # the quantizer's lifetime is the index's (Python would otherwise free it)
     quantizer.this.disown()
     index.cp.niter = 10  # k-means iterations: 10 instead of 25 trains 2.5x faster for the same recall after rescoring
@@ -356,7 +372,7 @@ def build_index(
     if recall is not None and not 0.0 < float(recall) <= 1.0:
         raise MdprError(f"recall {recall} must be a fraction in (0, 1], for example 0.95.", keys=("recall",))
     params = check_params(kind, rows, dim, {"nlist": nlist, "m": m, "nbits": nbits, "hnsw_m": hnsw_m,
-                                            "ef_construction": ef_construction})
+                                            "ef_construction": ef_construction}, gpu=gpu)
     faiss = import_faiss()
     device = _GpuBuild(faiss, gpu, kind)
     report = progress or (lambda stage, done, total: None)

@@ -12,7 +12,7 @@ from indexkit import SMALL_IVFPQ, clustered, make_store
 
 from mdpr.errors import MdprError
 from mdpr.search import ExactIndex, index_dir_for, open_index, read_index_meta, search
-from mdpr.search.faiss_index import FaissIndex, build_index, choose_kind, shard_ranges, update_index
+from mdpr.search.faiss_index import FaissIndex, build_index, choose_kind, default_params, shard_ranges, update_index
 from mdpr.search.index import freshness
 from mdpr.store import FeatureStore, StoreMeta, StoreWriter
 
@@ -190,7 +190,23 @@ def test_choose_kind_from_size_and_dimension() -> None:
     kind, reason = choose_kind(1_000_000, 512, memory_bytes=64 << 30)
     assert kind == "ivfpq" and "1024 lists" in reason and "kind hnsw" in reason
     kind, reason = choose_kind(5_000_000, 512, memory_bytes=24 << 30)
-    assert kind == "ivfpq" and "2048 lists" in reason and "64-byte codes" in reason and "25.77 GB" in reason
+    assert kind == "ivfpq" and "2048 lists" in reason and "32-byte codes" in reason and "25.77 GB" in reason
+
+
+def test_cpu_codes_are_fast_scan_and_gpu_codes_are_8_bit(tmp_path: Path) -> None:
+    faiss = pytest.importorskip("faiss")
+    assert default_params("ivfpq", 1_000_000, 512) == {"nlist": 1024, "m": 64, "nbits": 4}
+    assert default_params("ivfpq", 1_000_000, 512, gpu=True)["nbits"] == 8
+    path = make_store(tmp_path / "g.h5")
+    with FeatureStore.open(path) as store:
+        fast = build_index(store, "ivfpq", nlist=16, m=8, queries=50)
+        assert fast is not None and fast.params["nbits"] == 4
+        index = FaissIndex.load(store, index_dir_for(path), fast)
+        assert isinstance(faiss.downcast_index(index.faiss_index), faiss.IndexIVFPQFastScan)
+        plain = build_index(store, "ivfpq", nlist=16, m=8, nbits=6, queries=50)
+        assert plain is not None
+        index = FaissIndex.load(store, index_dir_for(path), plain)
+        assert type(faiss.downcast_index(index.faiss_index)) is faiss.IndexIVFPQ
 
 
 def test_auto_below_the_threshold_writes_nothing(tmp_path: Path) -> None:
