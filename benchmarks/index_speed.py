@@ -9,6 +9,8 @@ noise), as a gallery indexed from camera tracks is; probes are frames of new wal
 ``--structure tracklets``: the same walks, identity centres spread uniformly (no appearance groups).
 ``--structure crops``: identities spread uniformly, every crop an independent view (centre + camera
 offset + noise), probes new views: the true neighbours spread over the most IVF cells (hardest).
+``--structure demo``: features extracted by a trained model (``--seed-store``, default the gallery store of
+an ``mdpr demo`` run made in ``--work``), projected to ``--dim`` and replicated with noise (DemoReplicas).
 
 1. in-memory -- ``rows`` (1M) x 512: ``mdpr.workflows.index.build_index(kind="auto")`` (HNSW at this size),
    then per-probe latency of ``Index.search`` (shortlist rescored exactly from the store) against exact
@@ -29,6 +31,7 @@ Each build runs in its own process (peak RSS = ``ru_maxrss`` of that process). S
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -49,7 +52,7 @@ CROPS_PER_ID = 20
 CAMERAS = 6
 TRACKLET = 5  # frames per tracklet: an identity's 20 crops are 4 walks past the cameras
 TRACKLET_BLOCK = 4096
-STRUCTURES = ("appearance", "tracklets", "crops")
+STRUCTURES = ("appearance", "tracklets", "crops", "demo")
 IDS_PER_GROUP = 50  # identities that share an appearance group (clothing colours, build, carried bags)
 GROUP_SHARE = 0.7  # how much of an identity's centre its group sets
 
@@ -76,7 +79,7 @@ class ReidLike:
     """
 
     def __init__(self, rows: int, dim: int, seed: int = 0, noise: float = 0.9, structure: str = "appearance") -> None:
-        if structure not in STRUCTURES:
+        if structure not in STRUCTURES[:3]:
             raise SystemExit(f"--structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
         rng = np.random.default_rng(seed)
         self.dim, self.seed, self.noise, self.structure = dim, seed, noise, structure
@@ -133,8 +136,120 @@ class ReidLike:
         picks = rng.choice(rows, size=count, replace=False)
         return np.concatenate([self.rows(int(r), int(r) + 1, salt=1 + i) for i, r in enumerate(picks)])
 
+    def pids(self, start: int, stop: int) -> np.ndarray:
+        return np.arange(start, stop) // CROPS_PER_ID
 
-def make_store(path: Path, rows: int, dim: int, structure: str) -> None:
+
+class DemoReplicas:
+    """Features extracted by a trained model (``mdpr demo``'s gallery store), replicated with noise.
+
+    The seed store's rows are projected to ``dim`` (a fixed random orthogonal map, which keeps their
+    geometry) and normalised. Replica ``r`` of seed identity ``p`` is a new identity: all of ``p``'s crops
+    moved by one offset drawn from the seed's between-identity covariance, each crop also moved by a
+    little noise from the seed's within-identity covariance (``ROW_NOISE``), so that no two rows are equal.
+    Probes are new views: a seed crop of a stored replica with within-identity noise of full size.
+    """
+
+    ROW_NOISE = 0.35  # of the within-identity spread, for stored rows
+    PROBE_NOISE = 1.0  # of the within-identity spread, for probes
+
+    def __init__(self, seed_store: Path, dim: int, seed: int = 0) -> None:
+        from mdpr.store import FeatureStore
+
+        if not seed_store.is_file():
+            raise SystemExit(f"--seed-store {seed_store} does not exist; write one with `mdpr demo` (its gallery.h5)")
+        with FeatureStore.open(seed_store) as store:
+            x = store.read_features(dtype=np.float32)
+            pids = np.asarray(store.pids, dtype=np.int64)
+            self.seed_dim = int(store.dim)
+        if x.shape[0] < 4 or len(np.unique(pids)) < 2:
+            raise SystemExit(f"--seed-store {seed_store} needs at least 4 rows of 2 identities, it has {x.shape[0]} "
+                             f"rows of {len(np.unique(pids))}")
+        rng = np.random.default_rng(seed)
+        if x.shape[1] != dim:
+            basis, _ = np.linalg.qr(rng.standard_normal((max(dim, x.shape[1]), max(dim, x.shape[1]))))
+            x = x @ basis[: x.shape[1], :dim].astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        self.dim, self.seed, self.base, self.seed_store = dim, seed, x, seed_store
+        _, self.seed_pids = np.unique(pids, return_inverse=True)
+        ids = int(self.seed_pids.max()) + 1
+        centres = np.stack([x[self.seed_pids == p].mean(axis=0) for p in range(ids)])
+        # square roots of the two covariances as (rank x dim) maps: z @ map is a draw with that covariance
+        between = centres - centres.mean(axis=0)
+        within = x - centres[self.seed_pids]
+        self.between = self._root(between)
+        self.within = self._root(within)
+        self.ids_per_replica = ids
+
+    def describe(self) -> Dict[str, Any]:
+        return {"store": str(self.seed_store), "rows": len(self.base), "ids": self.ids_per_replica,
+                "dim": self.seed_dim}
+
+    @staticmethod
+    def _root(deviations: np.ndarray) -> np.ndarray:
+        _, s, vt = np.linalg.svd(deviations, full_matrices=False)
+        return ((s / np.sqrt(deviations.shape[0]))[:, None] * vt).astype(np.float32)
+
+    def _offsets(self, replica: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, replica, 1])
+        return rng.standard_normal((self.ids_per_replica, self.between.shape[0]), dtype=np.float32) @ self.between
+
+    def _noisy(self, seed_rows: np.ndarray, replicas: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+        moved = np.empty((len(seed_rows), self.dim), dtype=np.float32)
+        for r in np.unique(replicas):
+            of_r = replicas == r
+            moved[of_r] = self._offsets(int(r))[self.seed_pids[seed_rows[of_r]]]
+        noise = rng.standard_normal((len(seed_rows), self.within.shape[0]), dtype=np.float32) @ self.within
+        x = self.base[seed_rows] + moved + scale * noise
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def rows(self, start: int, stop: int, salt: int = 0) -> np.ndarray:
+        at = np.arange(start, stop)
+        rng = np.random.default_rng([self.seed, start, salt])
+        return self._noisy(at % len(self.base), at // len(self.base), self.ROW_NOISE, rng)
+
+    def pids(self, start: int, stop: int) -> np.ndarray:
+        at = np.arange(start, stop)
+        return at // len(self.base) * self.ids_per_replica + self.seed_pids[at % len(self.base)]
+
+    def probes(self, count: int, rows: int) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + 7)
+        picks = rng.choice(rows, size=count, replace=False)
+        return self._noisy(picks % len(self.base), picks // len(self.base), self.PROBE_NOISE, rng)
+
+
+def seed_store(args: argparse.Namespace, work: Path) -> Path:
+    """The demo structure's seed: ``--seed-store``, else the gallery store of an ``mdpr demo`` run in ``work``
+    (trained on the first run, about 5 minutes on 2 cores, then cached)."""
+    if args.seed_store is not None:
+        return Path(args.seed_store)
+    folder = work / "demo-seed"
+    store = folder / "gallery.h5"
+    if not store.is_file():
+        env = {**os.environ, "MDPR_HOME": str(work / "mdpr-home"),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-m", "mdpr", "demo", "--output", str(folder), "--device", "cpu"],
+                              capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"mdpr demo failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return store
+
+
+def generator(args: argparse.Namespace, work: Path, rows: int) -> Any:
+    """The rows' generator: ReID-like synthetic features, or (``demo``) extracted features replicated."""
+    if args.structure == "demo":
+        return DemoReplicas(seed_store(args, work), args.dim)
+    return ReidLike(rows, args.dim, structure=args.structure)
+
+
+def store_name(args: argparse.Namespace, work: Path, rows: int) -> str:
+    structure = args.structure
+    if structure == "demo":  # a store replicated from another seed is another store
+        structure += "-" + hashlib.sha1(seed_store(args, work).read_bytes()).hexdigest()[:8]
+    return f"reid_{structure}_{rows}x{args.dim}.h5"
+
+
+def make_store(path: Path, rows: int, dim: int, gen: Any) -> None:
     """Write the store batch by batch through StoreWriter (bounded memory), unless a complete one is cached."""
     from mdpr.store import FeatureStore, StoreMeta, StoreWriter
 
@@ -143,14 +258,13 @@ def make_store(path: Path, rows: int, dim: int, structure: str) -> None:
             if len(store) == rows and store.dim == dim and not store.has_pending_journal:
                 return
         path.unlink()
-    gen = ReidLike(rows, dim, structure=structure)
     meta = StoreMeta(dim=dim, dtype="float16", fingerprint="bench", normalized=True)
     step = 1 << 16
     with StoreWriter(path, meta, checkpoint_interval=1e9) as writer:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            ids = np.arange(start, stop) // CROPS_PER_ID
-            writer.add(gen.rows(start, stop), [f"{i // CROPS_PER_ID:07d}/{i:09d}.jpg" for i in range(start, stop)],
+            ids = gen.pids(start, stop)
+            writer.add(gen.rows(start, stop), [f"{ids[i - start]:07d}/{i:09d}.jpg" for i in range(start, stop)],
                        pids=ids.tolist(), camids=(np.arange(start, stop) % CAMERAS).tolist())
 
 
@@ -188,9 +302,10 @@ def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
     from mdpr.store import FeatureStore
 
     rows = args.rows if part == "memory" else args.big_rows
-    path = work / f"reid_{args.structure}_{rows}x{args.dim}.h5"
+    gen = generator(args, work, rows)
+    path = work / store_name(args, work, rows)
     t0 = time.perf_counter()
-    make_store(path, rows, args.dim, args.structure)
+    make_store(path, rows, args.dim, gen)
     made = time.perf_counter() - t0
     target = (args.recall_memory if part == "memory" else args.recall_disk) or None  # 0: tune to 0.95 if reachable
     extra: Dict[str, Any] = {"recall": target, **({"threads": args.threads} if args.threads else {})}
@@ -199,8 +314,9 @@ def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
     if built is None or built.get("recall", {}).get("target") != (target or 0.95):
         built = build_in_child(path, args.kind, extra)
         sidecar.write_text(json.dumps(built))
-    probes = ReidLike(rows, args.dim, structure=args.structure).probes(args.probes, rows)
+    probes = gen.probes(args.probes, rows)
     out: Dict[str, Any] = {"part": part, "structure": args.structure, "rows": rows, "dim": args.dim, "store_seconds": round(made, 1),
+                           **({"seed": gen.describe()} if isinstance(gen, DemoReplicas) else {}),
                            "kind": built["kind"], "reason": built["reason"], "build_seconds": built["seconds"],
                            "build_peak_rss_gb": round(built["peak_rss_bytes"] / 1e9, 2),
                            "index_memory_gb": round(built["memory_bytes"] / 1e9, 3),
@@ -250,7 +366,10 @@ def main() -> None:
     parser.add_argument("--structure", default="appearance", choices=STRUCTURES,
                         help="appearance: tracklets of identities that gather in appearance groups (default); "
                         "tracklets: walks of near-duplicate frames, identities spread uniformly; "
-                        "crops: independent views, identities spread uniformly (hardest)")
+                        "crops: independent views, identities spread uniformly (hardest); "
+                        "demo: features extracted by a trained model (--seed-store), replicated with noise")
+    parser.add_argument("--seed-store", type=Path, default=None,
+                        help="the demo structure's extracted features (default: run mdpr demo in --work)")
     parser.add_argument("--probes", type=int, default=200, help="probes for recall and latency")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--batch", type=int, default=20, help="index probes per timing round")
