@@ -72,12 +72,18 @@ class _Part:
         self.dim = int(self.features.shape[1])
         self.dtype = self.features.dtype
         self._mapping: Any = None  # None: not tried yet; False: not mappable; else (mmap, chunk_rows, offsets)
+        self._chunk_offsets: Optional[np.ndarray] = None  # the offsets as an array, for gathers
+        self._rows_at: Optional[np.ndarray] = None  # the map viewed as overlapping rows, one per byte (see rows)
 
-    def close(self) -> None:
+    def unmap(self) -> None:
+        self._rows_at = None  # the map's only view held here: unmapping needs it gone
         if self._mapping:
             with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps it later
                 self._mapping[0].close()
         self._mapping = False
+
+    def close(self) -> None:
+        self.unmap()
         self.h5.close()
 
     def str_paths(self) -> Any:
@@ -90,11 +96,17 @@ class _Part:
             return np.asarray(_take(self.features, idx), dtype=dtype).reshape(-1, self.dim)
         mm, chunk_rows, offsets = mapped
         row_bytes = self.dim * self.dtype.itemsize
-        out = np.empty((idx.size, self.dim), dtype=dtype)
-        for i, r in enumerate(idx.tolist()):  # one row each, straight from the mapped chunk
-            offset = offsets[r // chunk_rows] + (r % chunk_rows) * row_bytes
-            out[i] = np.frombuffer(mm, dtype=self.dtype, count=self.dim, offset=offset)
-        return out
+        if self._chunk_offsets is None:
+            self._chunk_offsets = np.asarray(offsets, dtype=np.int64)
+        rows = np.asarray(idx, dtype=np.int64).reshape(-1)
+        starts = self._chunk_offsets[rows // chunk_rows] + (rows % chunk_rows) * row_bytes
+        # Row r's bytes start at starts[r], anywhere in the map (HDF5 places chunks at any byte): a view whose
+        # i-th "row" is the row_bytes bytes from byte i gathers a whole shortlist in one fancy index, made once
+        if self._rows_at is None:
+            octets = np.frombuffer(mm, dtype=np.uint8)
+            self._rows_at = np.lib.stride_tricks.as_strided(octets, shape=(len(mm) - row_bytes + 1, row_bytes),
+                                                             strides=(1, 1), writeable=False)
+        return self._rows_at[starts].view(self.dtype).astype(dtype, copy=False)
 
     def scan(self, block_bytes: int, prefetch_bytes: int) -> Iterator[Tuple[int, np.ndarray]]:
         mapped = self.mapped()
@@ -284,10 +296,8 @@ class FeatureStore:
         for part in self._parts:
             if part.h5 is not self._h5:
                 part.close()
-            elif part._mapping:
-                with contextlib.suppress(BufferError):
-                    part._mapping[0].close()
-                part._mapping = False
+            else:
+                part.unmap()
         self._h5.close()
 
     def __enter__(self) -> FeatureStore:

@@ -189,3 +189,21 @@ def test_a_killed_writers_orphaned_child_does_not_hold_the_lock(tmp_path: Path) 
                 os.kill(child, signal.SIGKILL)
                 time.sleep(0.05)
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_rows_read_in_any_order_with_repeats_equal_the_file(tmp_path: Path, dtype: str) -> None:
+    """Reads of scattered rows (a shortlist being rescored) gather from the mapped file: the bytes they return
+    are the file's, whatever byte HDF5 put each chunk at."""
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((200, 24)).astype(dtype)
+    path = write_store(tmp_path / "s.h5", _meta(dim=24, dtype=dtype), feats, [f"{i}.jpg" for i in range(200)])
+    rows = rng.integers(0, 200, 300)
+    rows[:3] = [199, 0, 199]
+    with FeatureStore.open(path) as store:
+        assert all(part.mapped() is not None for part in store._parts)
+        got = store.read_features(rows=rows.tolist())
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, feats[rows])
+        np.testing.assert_array_equal(store.read_features(np.float32, rows=rows.tolist()), feats[rows].astype(np.float32))
+        assert store.read_features(rows=[]).shape == (0, 24)
