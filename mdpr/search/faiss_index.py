@@ -115,8 +115,9 @@ def _gb(n: float) -> str:
 def default_params(kind: str, rows: int, dim: int, gpu: bool = False) -> Dict[str, Any]:
     """Build settings for ``kind`` that suit ``rows`` x ``dim`` (see ``docs/feature-store.md``).
 
-    IVF-PQ codes are 4-bit on the CPU: faiss scans them with SIMD lookup tables (fast scan), about 8 times
-    faster than 8-bit codes, and the coarser codes cost no recall once the shortlist is rescored exactly.
+    IVF-PQ codes are 4-bit on the CPU: faiss scans them with SIMD lookup tables (fast scan), several times
+    faster than 8-bit codes (docs/benchmarks.md), and the coarser codes cost no recall once the shortlist
+    is rescored exactly.
     """
     if kind == "hnsw":
         # a larger construction beam than faiss's 40: galleries are tight clusters (one person's crops), and
