@@ -308,10 +308,12 @@ def bench(args: argparse.Namespace, work: Path, part: str) -> Dict[str, Any]:
     make_store(path, rows, args.dim, gen)
     made = time.perf_counter() - t0
     target = (args.recall_memory if part == "memory" else args.recall_disk) or None  # 0: tune to 0.95 if reachable
-    extra: Dict[str, Any] = {"recall": target, **({"threads": args.threads} if args.threads else {})}
+    extra: Dict[str, Any] = {"recall": target, **({"threads": args.threads} if args.threads else {}),
+                             **({"nbits": args.nbits} if args.nbits else {})}
     sidecar = path.with_name(path.name + ".bench-build.json")  # the build's result, for --reuse
     built = json.loads(sidecar.read_text()) if args.reuse and sidecar.exists() and _fresh(path) else None
-    if built is None or built.get("recall", {}).get("target") != (target or 0.95):
+    if (built is None or built.get("recall", {}).get("target") != (target or 0.95)
+            or (args.nbits and built.get("params", {}).get("nbits") != args.nbits)):
         built = build_in_child(path, args.kind, extra)
         sidecar.write_text(json.dumps(built))
     probes = gen.probes(args.probes, rows)
@@ -374,6 +376,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--batch", type=int, default=20, help="index probes per timing round")
     parser.add_argument("--threads", type=int, default=None, help="faiss threads for the build")
+    parser.add_argument("--nbits", type=int, default=None, help="IVF-PQ code bits (default: the build's, 4)")
     parser.add_argument("--recall-memory", type=float, default=0.95, help="recall@10 target of the 1M build")
     parser.add_argument("--recall-disk", type=float, default=0.90, help="recall@10 target of the 5M build")
     parser.add_argument("--reuse", action="store_true", help="reuse a fresh index built by an earlier run")

@@ -56,7 +56,8 @@ def build(
     m: Optional[int] = typer.Option(None, "--m", min=1, show_default=False,
                                     help="IVF-PQ: sub-vectors per code (divides the feature size)."),
     nbits: Optional[int] = typer.Option(None, "--nbits", min=1, max=16, show_default=False,
-                                        help="IVF-PQ: bits per sub-vector code."),
+                                        help="IVF-PQ: bits per sub-vector code (default 4, scanned "
+                                             "fastest; 8 with --gpu)."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", min=2, show_default=False, help="HNSW: links per node."),
     ef_construction: Optional[int] = typer.Option(None, "--ef-construction", min=1, show_default=False,
                                                   help="HNSW: candidates explored while building."),
