@@ -150,7 +150,7 @@ def choose_kind(rows: int, dim: int, memory_bytes: Optional[int] = None) -> Tupl
 
     IVF-PQ rather than HNSW: a gallery indexed from camera tracks holds runs of near-duplicate frames, on
     which HNSW's graph pruning leaves neighbours unreachable (docs/benchmarks.md: recall@10 at most 0.93 at
-    1M rows whatever ``ef``), while IVF-PQ with exact rescoring keeps its recall, in a thirtieth of the
+    1M rows whatever ``ef``), while IVF-PQ with exact rescoring keeps its recall, in a fiftieth of the
     memory. ``memory_bytes`` only words the reason.
     """
     size = f"{rows:,} rows x {dim}"
