@@ -149,9 +149,9 @@ def choose_kind(rows: int, dim: int, memory_bytes: Optional[int] = None) -> Tupl
     """``(kind, reason)`` for ``kind="auto"``: exact below :data:`AUTO_MIN_ROWS` rows, IVF-PQ above.
 
     IVF-PQ rather than HNSW: a gallery indexed from camera tracks holds runs of near-duplicate frames, on
-    which HNSW's graph pruning leaves neighbours unreachable (docs/benchmarks.md: recall@10 at most 0.93 at
-    1M rows whatever ``ef``), while IVF-PQ with exact rescoring keeps its recall, in a fiftieth of the
-    memory. ``memory_bytes`` only words the reason.
+    which HNSW's graph pruning leaves neighbours unreachable whatever ``ef``, while IVF-PQ with exact
+    rescoring keeps its recall in a small fraction of the memory (docs/benchmarks.md). ``memory_bytes``
+    only words the reason.
     """
     size = f"{rows:,} rows x {dim}"
     if rows < AUTO_MIN_ROWS:
