@@ -153,6 +153,20 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def leave_together(ctx: Optional[DistContext]) -> None:
+    """Leave the process group once every process has finished (the way out of a run that succeeded).
+
+    Rank 0 ends a run with work of its own (the summary, the final checkpoint): without the barrier the
+    other ranks would tear their gloo connections down and exit while rank 0 still holds the group open.
+    A failed process leaves at once (:func:`cleanup`), so its peers' barrier fails rather than waits.
+    """
+    try:
+        if ctx is not None and ctx.distributed:
+            ctx.barrier()
+    finally:
+        cleanup()
+
+
 def _worker_entry(
     index: int,
     fn: Callable[..., Any],
@@ -177,10 +191,13 @@ def _worker_entry(
     try:
         fn(ctx, *args)
     except MdprError as exc:
+        cleanup()
         atomic_write_bytes(Path(error_dir, f"rank{index}.err"), pickle.dumps(str(exc)))
         raise SystemExit(2) from None
-    finally:
+    except BaseException:
         cleanup()
+        raise
+    leave_together(ctx)
 
 
 def launch(fn: Callable[..., Any], nprocs: int, backend: str, device_type: str, args: Sequence[Any] = ()) -> None:
@@ -256,9 +273,12 @@ def run_planned(plan: LaunchPlan, fn: Callable[..., Any], args: Sequence[Any] = 
     whose results the caller reads from files)."""
     if plan.mode == "torchrun":
         try:
-            return fn(plan.ctx, *args)
-        finally:
+            result = fn(plan.ctx, *args)
+        except BaseException:
             cleanup()
+            raise
+        leave_together(plan.ctx)
+        return result
     if plan.mode == "spawn":
         launch(fn, plan.nprocs, plan.backend or "gloo", plan.device, args)
         return None
