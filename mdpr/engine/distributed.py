@@ -12,6 +12,7 @@ error; any other failure keeps its traceback.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import pickle
 import socket
@@ -150,6 +151,10 @@ def find_free_port() -> int:
 def cleanup() -> None:
     """Leave the process group (safe to call when none exists)."""
     if dist.is_available() and dist.is_initialized():
+        # A finished trainer is garbage in a reference cycle (it and its hooks) that still holds DDP and,
+        # through DDP's reducer, the process group: collected first, the group's last reference goes with
+        # destroy_process_group, and its threads are joined now rather than in the interpreter's teardown.
+        gc.collect()
         dist.destroy_process_group()
 
 
