@@ -26,3 +26,29 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
 def test_readme_has_a_one_command_main_job() -> None:
     readme = (ROOT / "README.md").read_text()
     assert _section_command(readme, "Run the main job").startswith("mdpr ")
+
+
+def test_the_tour_names_only_real_subcommands_and_flags() -> None:
+    """Each row of the README's tour starts with a command: its subcommand exists and so does every flag, and
+    every subcommand has a row."""
+    from typing import Any
+
+    import typer.main
+
+    from mdpr.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    tour = readme[readme.index("## Tour of the subcommands"):]
+    rows = re.findall(r"^\| `(mdpr [^`]+)` \|", tour, re.M)
+    root: Any = typer.main.get_command(app)
+    assert {row.split()[1] for row in rows} == set(root.commands), "the tour names every subcommand once or more"
+    for row in rows:
+        words = row.split()[1:]
+        command: Any = root
+        while hasattr(command, "commands") and words and words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+        assert not hasattr(command, "commands"), f"`{row}`: no such subcommand"
+        flags = {opt for param in command.params for opt in param.opts}
+        for word in words:
+            if word.startswith("--"):
+                assert word in flags, f"`{row}`: {word} is not an option of this command"
