@@ -36,7 +36,9 @@ def items_from_folder(folder: PathLike) -> List[ImageItem]:
     for path in found:
         parsed = parse_market_name(path)
         pid, camid = parsed if parsed is not None else (-1, -1)
-        items.append(ImageItem(path.resolve(), max(pid, -1), camid))
+        # The path as named, never resolved: a symlink is an image of its own (its name's identity and
+        # camera, its own row), read through the link; a link that loops is skipped when it cannot be read.
+        items.append(ImageItem(Path(os.path.abspath(path)), max(pid, -1), camid))
     if not items:
         exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise MdprError(f"No images ({exts}) found under {root}; check the folder.")

@@ -149,6 +149,55 @@ def test_non_utf8_file_name_survives_append(tiny_weights, crops, tmp_path) -> No
     assert again.shape[0] == 3
 
 
+def test_a_symlinked_duplicate_is_a_row_of_its_own_with_its_own_camera(tiny_weights, tmp_path) -> None:
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    target = folder / "0003_c3s1_000001_00.jpg"
+    _person(6).save(target, quality=95)
+    (folder / "0003_c6s1_000002_00.jpg").symlink_to(target.name)
+    out = tmp_path / "l.h5"
+    feats = _extract_one(tiny_weights, folder, out)
+    with FeatureStore.open(out) as s:
+        assert sorted(zip(s.paths, s.camids.tolist())) == [("0003_c3s1_000001_00.jpg", 2), ("0003_c6s1_000002_00.jpg", 5)]
+    np.testing.assert_allclose(feats[0], feats[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("link", ["self", "cycle"])
+def test_a_symlink_loop_among_the_images_is_skipped_with_its_reason(tiny_weights, tmp_path, link) -> None:
+    folder = tmp_path / f"loop-{link}"
+    folder.mkdir()
+    _person(7).save(folder / "real.png")
+    if link == "self":
+        (folder / "loop.jpg").symlink_to("loop.jpg")
+    else:
+        (folder / "a.jpg").symlink_to("b.jpg")
+        (folder / "b.jpg").symlink_to("a.jpg")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to("..")  # a folder loop: never walked into
+    out = tmp_path / "loop.h5"
+    result = cli("extract", "--images", folder, "--weights", tiny_weights, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "skipped" in result.output.lower()
+    with FeatureStore.open(out) as s:
+        assert list(s.paths) == ["real.png"]
+
+
+def test_a_decompression_bomb_is_skipped_before_it_is_decoded(tiny_weights, tmp_path, monkeypatch) -> None:
+    import mdpr.data.images
+
+    monkeypatch.setattr(mdpr.data.images, "MAX_IMAGE_PIXELS", 100 * 100)
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    _person(8).save(folder / "small.png")
+    Image.new("RGB", (400, 300)).save(folder / "huge.png")
+    out = tmp_path / "bomb.h5"
+    result = cli("extract", "--images", folder, "--weights", tiny_weights, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "huge.png" in result.output and "pixels" in result.output
+    with FeatureStore.open(out) as s:
+        assert list(s.paths) == ["small.png"]
+
+
 # ------------------------------------------------------------------------------------------- class 8: stale state
 
 
