@@ -151,3 +151,14 @@ def test_accumulation_steps_match_the_processes_of_the_same_update(tmp_path: Pat
         halves = batch["targets"][:4].tolist(), batch["targets"][4:].tolist()
         assert not set(halves[0]) & set(halves[1])  # the two accumulation steps hold different identities
     assert any((b["patch_sources"] >= 0).any() for b in single)
+
+
+def test_loader_workers_are_capped_at_the_usable_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More workers than usable cores only queue for the same cores: the loader starts at most one per core."""
+    import mdpr.runtime
+
+    monkeypatch.setattr(mdpr.runtime, "usable_cpu_count", lambda: 2)
+    assert [mdpr.runtime.cap_num_workers(n) for n in (0, 1, 2, 64)] == [0, 1, 2, 2]
+    manifest = make_dataset(tmp_path / "data", train_ids=4, per_id=4)
+    loader, _ = _loader(manifest, _cfg("dataloader.num_workers=64"))
+    assert loader.process_steps.num_workers == 2
