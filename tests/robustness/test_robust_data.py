@@ -242,3 +242,35 @@ def test_forked_children_do_not_hold_a_journal(tmp_path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     journal.close(delete=True)
     assert not (tmp_path / "x.journal").exists()
+
+
+def test_kill_9_with_loader_workers_then_the_same_command_at_once(tiny_weights, tmp_path) -> None:
+    """Orphaned loader workers of a killed extract never hold its journal: the re-run starts at once and the
+    store ends with every image exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from storekit import make_crops
+
+    images = tmp_path / "many"
+    make_crops(images, 400, seed=4)
+    out = tmp_path / "k.h5"
+    journal = Path(str(out) + ".journal")
+    args = ["extract", "--images", str(images), "--weights", str(tiny_weights), "--output", str(out), "--workers", "2",
+            "--batch-size", "8", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "mdpr", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and journal.stat().st_size > 4096):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "extract wrote no rows"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    with FeatureStore.open(out) as store:
+        assert len(store) == 400 and len(set(store.paths)) == 400
+    assert not journal.exists()

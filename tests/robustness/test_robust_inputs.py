@@ -171,3 +171,76 @@ def test_lock_is_not_held_by_forked_children(tmp_path) -> None:
     assert not ExclusiveLock(tmp_path / "x.lock").acquire()  # the parent still holds it
     lock.release()
     assert ExclusiveLock(tmp_path / "x.lock").acquire()
+
+
+def _train_records(run: Path) -> list:
+    import json
+
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "train"]
+
+
+def test_resume_with_a_new_learning_rate_trains_at_it(tiny, tmp_path) -> None:
+    run = tmp_path / "lr-run"
+    fixed = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=2",
+             "solver.warmup_iters=0", "train.log_period=1"]
+    first = cli("train", "--dataset", "tiny", "--recipe", "demo-cpu", "--init", "none", "--output", run,
+                "--epochs", "1", "--eval-period", "-1",
+                *_sets([*fixed, "solver.base_lr=1e-3", "solver.eta_min_lr=1e-3"]))
+    assert first.exit_code == 0, first.output
+    again = cli("train", "--resume", run, "--epochs", "2", *_sets(["solver.base_lr=1e-4", "solver.eta_min_lr=1e-4"]))
+    assert again.exit_code == 0, again.output
+    records = _train_records(run)
+    assert {round(r["lr"], 9) for r in records if r["epoch"] in (0, 1) and r["iteration"] <= 2} == {1e-3}
+    assert {round(r["lr"], 9) for r in records if r["iteration"] > 2} == {1e-4}
+    assert "base_lr: 0.0001" in (run / "config.yaml").read_text()
+
+
+def test_full_disk_during_training_keeps_the_last_checkpoint_and_resume_continues(tiny, tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from mdpr.engine.trainer import Trainer
+    from mdpr.fileio import read_torch_file
+
+    run = tmp_path / "disk-run"
+    fixed = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=1"]
+    real = Trainer.save_state
+    calls = {"n": 0}
+
+    def save_state(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # before the first step, after epoch 1, then the disk is full after epoch 2
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "last.pt"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save_state", save_state)
+    line = one_sentence(cli("train", "--dataset", "tiny", "--recipe", "demo-cpu", "--init", "none", "--output", run,
+                            "--epochs", "3", "--eval-period", "-1", *_sets(fixed)), "the disk is full")
+    assert "last.pt" in line
+    assert read_torch_file(run / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(Trainer, "save_state", real)
+    again = cli("train", "--resume", run)
+    assert again.exit_code == 0, again.output
+    assert read_torch_file(run / "last.pt")["epoch"] == 3 and (run / "model.pt").is_file()
+
+
+def test_non_finite_loss_in_the_first_step_names_a_checkpoint_that_exists(tiny, tmp_path, monkeypatch) -> None:
+    import re
+
+    from mdpr.engine.trainer import Trainer
+
+    real = Trainer._step
+
+    def poisoned(self, batch, epoch):
+        batch["images"] = batch["images"] * float("nan")
+        return real(self, batch, epoch)
+
+    monkeypatch.setattr(Trainer, "_step", poisoned)
+    run = tmp_path / "nan-run"
+    line = one_sentence(cli("train", "--dataset", "tiny", "--recipe", "demo-cpu", "--init", "none", "--output", run,
+                            "--epochs", "1", "--eval-period", "-1",
+                            *_sets([*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]"])),
+                        "at epoch 1, iteration 1")
+    named = re.findall(r"(/\S+\.pt)", line)
+    assert named and all(Path(p).is_file() for p in named), line
+    assert "--resume" in line and "solver.base_lr=" in line

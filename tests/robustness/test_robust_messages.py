@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Set
 
+import pytest
 import typer
 
 import mdpr
@@ -78,3 +79,44 @@ def test_an_h5_file_as_weights_is_one_safe_sentence(tmp_path) -> None:
     bad.write_bytes(b"\x80\x04\x95not a checkpoint")
     line = one_sentence(cli("export", "--weights", bad, "--output", tmp_path / "m.onnx"))
     assert "weights_only" not in line and "unsafe" not in line.lower()
+
+
+def _bad_weights(kind: str, folder: Path, tiny_weights: Path) -> Path:
+    import os
+
+    import torch
+
+    path = folder / f"{kind}.pt"
+    if kind == "malicious":
+        marker = folder / "payload-ran"
+
+        class Payload:
+            def __reduce__(self) -> Any:
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"model": Payload()}, path)
+    elif kind == "other-architecture":
+        import torchvision
+
+        torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    else:  # a download cut off half way
+        path.write_bytes(tiny_weights.read_bytes()[: tiny_weights.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["malicious", "other-architecture", "truncated"])
+@pytest.mark.parametrize("command", ["extract", "visualize-attention", "export"])
+def test_bad_weights_are_one_sentence_that_suggests_nothing_unsafe(tiny_weights, crops, tmp_path, kind,
+                                                                    command) -> None:
+    from robustkit import cli, one_sentence
+
+    weights = _bad_weights(kind, tmp_path, tiny_weights)
+    probe = sorted(crops.rglob("*.jpg"))[0]
+    args = {"extract": ["extract", "--images", crops, "--output", tmp_path / "o.h5"],
+            "visualize-attention": ["visualize-attention", probe, "--output", tmp_path / "viz"],
+            "export": ["export", "--output", tmp_path / "m.onnx"]}[command]
+    line = one_sentence(cli(*args, "--weights", weights))
+    for unsafe in ("weights_only=False", "--no-strict", "strict=False", "unsafe"):
+        assert unsafe not in line, line
+    assert not (tmp_path / "payload-ran").exists()
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "m.onnx").exists()
