@@ -274,3 +274,25 @@ def test_kill_9_with_loader_workers_then_the_same_command_at_once(tiny_weights, 
     with FeatureStore.open(out) as store:
         assert len(store) == 400 and len(set(store.paths)) == 400
     assert not journal.exists()
+
+
+def test_append_with_other_weights_is_refused_leaving_no_journal(tiny_weights, crops, store, tmp_path) -> None:
+    from storekit import make_crops, tiny_checkpoint
+
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=5)
+    extra = tmp_path / "extra"
+    make_crops(extra, 2, seed=11)
+    before = store.read_bytes()
+    one_sentence(cli("extract", "--images", extra, "--weights", other, "--output", store, "--append"))
+    assert store.read_bytes() == before and not Path(str(store) + ".journal").exists()
+    result = cli("query", _probe(crops), "--gallery", store, "--weights", tiny_weights)
+    assert result.exit_code == 0 and "incomplete" not in result.output
+
+
+def test_a_refused_first_extract_leaves_nothing_behind(tiny_weights, tmp_path) -> None:
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    out = tmp_path / "fresh.h5"
+    one_sentence(cli("extract", "--images", empty, "--weights", tiny_weights, "--output", out), "No images")
+    assert not out.exists() and not Path(str(out) + ".journal").exists()
