@@ -133,6 +133,11 @@ def default_params(kind: str, rows: int, dim: int, gpu: bool = False) -> Dict[st
     return {}
 
 
+def code_bytes(params: Dict[str, Any]) -> int:
+    """Bytes of one row's IVF-PQ code: ``m`` sub-vector codes of ``nbits`` bits."""
+    return math.ceil(int(params["m"]) * int(params["nbits"]) / 8)
+
+
 def estimate_memory(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> int:
     """Bytes an index of this kind takes in memory (about its file size)."""
     if kind == "flat":
@@ -140,8 +145,7 @@ def estimate_memory(kind: str, rows: int, dim: int, params: Dict[str, Any]) -> i
     if kind == "hnsw":
         return rows * (dim * 4 + 2 * int(params["hnsw_m"]) * 4 + 8)
     if kind == "ivfpq":
-        code = math.ceil(int(params["m"]) * int(params["nbits"]) / 8)
-        return rows * (code + 8) + int(params["nlist"]) * dim * 4
+        return rows * (code_bytes(params) + 8) + int(params["nlist"]) * dim * 4
     return 0
 
 
@@ -161,8 +165,7 @@ def choose_kind(rows: int, dim: int, memory_bytes: Optional[int] = None) -> Tupl
     params = default_params("ivfpq", rows, dim)
     ivf = estimate_memory("ivfpq", rows, dim, params)
     hnsw = estimate_memory("hnsw", rows, dim, default_params("hnsw", rows, dim))
-    code = math.ceil(params["m"] * params["nbits"] / 8)
-    return "ivfpq", (f"{size}: IVF-PQ with {params['nlist']} lists and {code}-byte codes ({_gb(ivf)} of this "
+    return "ivfpq", (f"{size}: IVF-PQ with {params['nlist']} lists and {code_bytes(params)}-byte codes ({_gb(ivf)} of this "
                      f"machine's {_gb(total)}), whose shortlists are rescored exactly from the store; it keeps "
                      f"its recall on galleries of near-duplicate frames, where HNSW ({_gb(hnsw)}, kind hnsw) "
                      f"loses neighbours")
