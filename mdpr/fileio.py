@@ -64,16 +64,25 @@ def replace_durably(src: PathLike, dst: PathLike) -> None:
     """Rename the finished file or folder ``src`` over ``dst`` (same file system) so that a crash keeps one of them.
 
     ``src`` is flushed first (a folder's entries only: its files are flushed by whoever wrote them, e.g. with
-    :func:`fsync_files`), then renamed, then ``dst``'s folder is flushed. A folder replaces only a missing or
-    empty ``dst``.
+    :func:`fsync_files`), then renamed, then ``dst``'s folder is flushed. A folder that replaces a non-empty
+    folder swaps it aside first (``.NAME.old`` beside it, removed once the new one is in place), because a
+    rename cannot replace a non-empty folder.
     """
-    source = Path(src)
+    source, target = Path(src), Path(dst)
     if source.is_dir():
         fsync_dir(source)
     else:
         fsync_file(source)
-    os.replace(source, dst)
-    fsync_dir(Path(dst).parent)
+    if source.is_dir() and target.is_dir() and any(target.iterdir()):
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(source, target)
+    fsync_dir(target.parent)
 
 
 class AtomicBatch:

@@ -172,19 +172,50 @@ def l2_normalize(features: np.ndarray, *, inplace: bool = False) -> np.ndarray:
 
 
 @contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Run the ``with`` block with exactly ``count`` torch intra-op threads (None: unchanged), restoring the
+    previous count after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    change = count is not None and count != before
+    if change:
+        torch.set_num_threads(int(count))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def cpu_threads(requested: Optional[int] = None) -> Iterator[Tuple[int, str]]:
     """Torch's CPU threads chosen by :func:`choose_cpu_threads` for the ``with`` block, restored after it
     (a Python caller's own setting survives the call); yields ``(threads, why)``, why "busy" when reduced
     to one because other processes keep the cores busy."""
+    threads, why = choose_cpu_threads(requested)
+    with torch_threads(threads):
+        yield threads, why
+
+
+def share_cpu_threads(workers: int) -> int:
+    """Give this process its share of the usable cores when ``workers`` processes train on one CPU (so that
+    together they do not oversubscribe it); returns the thread count set."""
     import torch
 
-    before = torch.get_num_threads()
-    threads, why = choose_cpu_threads(requested)
+    threads = max(1, usable_cpu_count() // max(1, int(workers)))
     torch.set_num_threads(threads)
-    try:
-        yield threads, why
-    finally:
-        torch.set_num_threads(before)
+    return threads
+
+
+def prefer_passive_openmp_wait() -> None:
+    """Let OpenMP threads wait passively unless the user chose ``OMP_WAIT_POLICY``; effective only before torch
+    is first imported.
+
+    Spinning threads make CPU training several times slower as soon as other processes share the cores;
+    passive waiting costs little on an idle machine.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _SignalStack:  # the C ``stack_t`` of sigaltstack(2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from mdpr.cli.app import command, console, err_console, in_flag_terms, print_json
+from mdpr.runtime import prefer_passive_openmp_wait
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -246,9 +246,7 @@ def train(
                                                           "iterations, learning rates) without training."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
-    # OpenMP threads that spin while waiting make CPU training several times slower as soon as other
-    # processes share the cores; passive waiting costs little on an idle machine. Must precede `import torch`.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prefer_passive_openmp_wait()  # before the workflow imports torch
     from mdpr.workflows.train import TrainInterrupted, TrainOptions, train_run
 
     reporter = TrainReporter(stderr=json_out)

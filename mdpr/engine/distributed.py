@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from mdpr.errors import MdprError
 from mdpr.fileio import atomic_write_bytes
-from mdpr.runtime import usable_cpu_count
+from mdpr.runtime import share_cpu_threads, usable_cpu_count
 
 #: Generous: rank 0 may evaluate a large test set while the others wait at a barrier.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
@@ -187,8 +187,7 @@ def _worker_entry(
         dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
-        # the CPU is shared by all workers: do not oversubscribe it
-        torch.set_num_threads(max(1, usable_cpu_count() // world_size))
+        share_cpu_threads(world_size)
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=index, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT
     )

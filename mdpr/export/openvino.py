@@ -10,7 +10,7 @@ from typing import Optional, Union
 
 from mdpr.export.extras import require_openvino
 from mdpr.export.metadata import METADATA_KEY, ExportMetadata
-from mdpr.fileio import fsync_dir
+from mdpr.fileio import fsync_files, replace_durably
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -33,21 +33,11 @@ def write_openvino(onnx_path: PathLike, folder: PathLike, meta: ExportMetadata) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         ov.save_model(model, str(tmp / f"{name}.xml"), compress_to_fp16=False)
-        for item in tmp.iterdir():
-            with open(item, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        fsync_files(tmp.iterdir())
+        replace_durably(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(target.parent)
     return target
 
 

@@ -22,6 +22,7 @@ import torch
 
 from mdpr.errors import MdprError
 from mdpr.evaluation.distance import METRICS as DISTANCE_METRICS
+from mdpr.runtime import l2_normalize, torch_threads
 from mdpr.store import FeatureStore
 
 METRICS = tuple(DISTANCE_METRICS)  # the one vocabulary (mdpr.evaluation.distance.METRICS)
@@ -153,9 +154,7 @@ def _exact_topk(
     progress: Optional[Progress],
 ) -> Tuple[np.ndarray, np.ndarray]:
     num_probes, dim = probes.shape
-    p = torch.from_numpy(probes)
-    if metric == "cosine":
-        p = p / p.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    p = torch.from_numpy(l2_normalize(probes) if metric == "cosine" else probes)
     pt = p.t().contiguous()  # (D, Q)
     # Scores: higher is nearer. cosine: q.g (/|g| when raw); euclidean: 2 q.g - |g|^2 (= |q|^2 - d^2).
     rows_cap = max(1, min(total, SCORE_BUFFER_BYTES // (4 * num_probes)))
@@ -192,7 +191,7 @@ def _exact_topk(
             rows = int(b.shape[0])
             cast = b.dtype != torch.float32
             piece = min(rows_cap, cast_rows) if cast else rows_cap
-            with _torch_threads(1 if cast and single else None):
+            with torch_threads(1 if cast and single else None):
                 for off in range(0, rows, piece):
                     part = b[off : off + piece]
                     m = int(part.shape[0])
@@ -227,22 +226,6 @@ def _exact_topk(
         q2 = (probes.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
         dist = np.sqrt(np.maximum(q2 - values, 0.0))
     return _sorted(idx, dist)
-
-
-class _torch_threads:
-    """Run a block with ``n`` torch intra-op threads (None: unchanged), restoring the previous count."""
-
-    def __init__(self, n: Optional[int]) -> None:
-        self.n = n
-        self.previous = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n is not None and self.n != self.previous:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.n is not None and self.n != self.previous:
-            torch.set_num_threads(self.previous)
 
 
 def _sorted(idx: np.ndarray, dist: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,41 @@ def test_one_result_schema_for_every_evaluation(tmp_path: Path) -> None:
     final = summarize([record])["final_metrics"]
     assert set(final) - {"epoch", "iteration"} <= keys and "num_queries" in final
     json.dumps(result.to_dict(), allow_nan=False)  # always valid JSON
+
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mdpr"
+#: (owner, attribute) calls that only their one home may make.
+ONE_HOME_CALLS = {
+    ("torch", "set_num_threads"): "runtime.py",  # thread policy: runtime.torch_threads / cpu_threads / share_cpu_threads
+    ("torch", "load"): "fileio.py",  # every checkpoint read goes through fileio.read_torch_file
+    ("os", "fsync"): "fileio.py",  # durability rule; the store's append-only journal is the one other writer
+}
+ALSO_ALLOWED = {("os", "fsync"): {"store/journal.py"}}
+
+
+def _calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            yield (node.func.value.id, node.func.attr), node.lineno
+
+
+def test_threads_checkpoint_reads_and_fsyncs_have_one_home() -> None:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for call, line in _calls(path):
+            home = ONE_HOME_CALLS.get(call)
+            if home is not None and rel != home and rel not in ALSO_ALLOWED.get(call, set()):
+                found.append(f"mdpr/{rel}:{line} calls {'.'.join(call)} (its home is mdpr/{home})")
+    assert not found, "\n".join(found)
+
+
+def test_openmp_wait_policy_is_set_by_the_runtime_only_when_the_user_did_not(monkeypatch) -> None:
+    from mdpr.runtime import prefer_passive_openmp_wait
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    prefer_passive_openmp_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    prefer_passive_openmp_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
