@@ -208,7 +208,7 @@ def os_error_sentence(exc: OSError) -> str:
     if exc.filename2 is not None:
         where += f" -> {exc.filename2}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        advice = "free some space, then run the same command again (extract and train continue where they stopped)"
+        advice = "free some space, then run the same command again (extract and prepare continue where they stopped)"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         advice = "choose a writable location (or fix the permissions)"
     elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):

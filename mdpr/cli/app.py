@@ -207,12 +207,17 @@ def _bound_options(fn: Callable[..., Any]) -> None:
 
 
 def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[typer.Typer] = None,
-            **kwargs: Any) -> Callable[[F], F]:
+            resumable: bool = False, **kwargs: Any) -> Callable[[F], F]:
     """Register a subcommand whose ``MdprError`` becomes one clear sentence and exit status 2.
 
     ``flags`` maps the argument names a library message may use to this command's flags.
     ``app_`` registers on a sub-application (``mdpr index build``) instead of the root.
+    ``resumable``: the same command line, run again after Ctrl-C, continues where it stopped (the interrupt
+    message says so only then).
     """
+    interrupted = ("[yellow]Interrupted.[/] Run the same command again to continue where it stopped." if resumable
+                   else "[yellow]Interrupted.[/] Nothing written before was changed; run the same command again to "
+                        "start over.")
 
     def decorate(fn: F) -> F:
         _bound_options(fn)
@@ -234,7 +239,7 @@ def command(name: str, flags: Optional[Dict[str, str]] = None, app_: Optional[ty
                     traceback.print_exc()
                 fail(os_error_sentence(exc))
             except KeyboardInterrupt:
-                err_console.print("[yellow]Interrupted.[/] Re-run the same command to continue where it stopped.")
+                err_console.print(interrupted, highlight=False)
                 raise typer.Exit(130) from None
 
         (app_ or app).command(name, **kwargs)(guarded)

@@ -28,7 +28,7 @@ EXAMPLES = (
 )
 
 
-@command("demo", flags={"out": "--output", "ids": "--ids"}, help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
+@command("demo", resumable=True, flags={"out": "--output", "ids": "--ids"}, help="Run the whole pipeline on built-in synthetic data: prepare, train, evaluate, extract, query.",
          epilog=EXAMPLES)
 def demo(
     output: Path = typer.Option(Path("mdpr-demo"), "--output", "-o", help="Folder for every artefact of the demo."),

@@ -39,7 +39,7 @@ _FLAGS = {"images FOLDER": "--images FOLDER", "dataset NAME": "--dataset NAME", 
           "output STORE.h5": "--output STORE.h5"}
 
 
-@command("extract", flags=_FLAGS, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
+@command("extract", resumable=True, flags=_FLAGS, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",
          epilog=EXAMPLES)
 def extract(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to index (searched recursively), "

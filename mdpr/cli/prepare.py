@@ -28,7 +28,7 @@ See docs/prepare.md and docs/datasets.md.
 """
 
 
-@command("prepare", flags={"ids": "--ids", "images_per_id": "--images-per-id", "cameras": "--cameras", "size": "--size", "seed": "--seed"}, help="Convert a downloaded dataset (or generate the demo) and register it by name.", epilog=EPILOG)
+@command("prepare", resumable=True, flags={"ids": "--ids", "images_per_id": "--images-per-id", "cameras": "--cameras", "size": "--size", "seed": "--seed"}, help="Convert a downloaded dataset (or generate the demo) and register it by name.", epilog=EPILOG)
 def prepare(
     dataset: str = typer.Argument(
         ..., help="market1501 (market), dukemtmc (duke), msmt17, cuhk03, synergyreid, folder, or demo."

@@ -158,14 +158,15 @@ def _run_int8(request: ExportRequest, weights: Path, progress: Optional[Progress
         int8_check = check_parity(model, open_runner(tmp / "int8.onnx", backend, metadata=int8_meta),
                                   request.batch_sizes)
         summary = Int8Summary(len(calibration), request.calibration_method, backend, int8_check.min_cosine,
-                              request.dataset, max_map_drop=float(request.max_map_drop), forced=request.force)
+                              manifest.name if manifest is not None else None,
+                              max_map_drop=float(request.max_map_drop), forced=request.force)
         if manifest is not None:
             _measure(summary, weights, tmp / "int8.onnx", backend, manifest, request.device, progress)
             drop = summary.map_drop
             assert drop is not None and summary.fp32 is not None and summary.int8 is not None
             if drop > request.max_map_drop and not request.force:
                 raise MdprError(
-                    f"The INT8 model loses {drop:.2f} mAP points on '{request.dataset}' ({100 * summary.fp32.mAP:.2f} "
+                    f"The INT8 model loses {drop:.2f} mAP points on '{summary.dataset}' ({100 * summary.fp32.mAP:.2f} "
                     f"-> {100 * summary.int8.mAP:.2f}), more than the {request.max_map_drop:g} allowed (max_map_drop), "
                     f"so {out} was not written; calibrate on more crops of the target scene, or pass force to write it "
                     "anyway."

@@ -100,6 +100,10 @@ def run_query(request: QueryRequest, note: Optional[Note] = None) -> QueryResult
                 "command to finish it.")
         extractor = FeatureExtractor(weights, device=request.device, num_workers=0, flip=store.flip,
                                      backend=request.backend)
+        if request.weights is None and store.fingerprint and extractor.fingerprint != store.fingerprint:
+            raise MdprError(f"The checkpoint {weights} that made {gallery} has changed since (fingerprint "
+                            f"{extractor.fingerprint[:16]} now, {store.fingerprint[:16]} then); pass weights CKPT with "
+                            "the weights that made it, or extract the store again.", keys=["weights CKPT"])
         check_same_weights(store, extractor.fingerprint, f"the weights {weights}")
         check_precision_match(store.meta.precision, extractor.precision,
                               allow_mixed_precision=request.allow_mixed_precision, where=f"The feature store {gallery}")

@@ -6,6 +6,7 @@ Python users train in one call: ``train_run(TrainOptions(dataset="demo", recipe=
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from mdpr.config import Config
 from mdpr.engine.hooks import HookBase, default_hooks
 from mdpr.engine.trainer import CONFIG, LAST, SUMMARY, ProgressFn, TrainRequest, run_training
 from mdpr.errors import MdprError
-from mdpr.fileio import ExclusiveLock, check_output_folder, read_torch_file
+from mdpr.fileio import ExclusiveLock, check_output_folder, describe_os_error, read_torch_file
 
 #: Recipe used when ``recipe`` is not given, by the prepared dataset's kind.
 DEFAULT_RECIPES = {"market1501": "market1501", "dukemtmc": "dukemtmc", "synergyreid": "synergyreid", "demo": "demo-cpu"}
@@ -368,6 +369,13 @@ def _train_planned(launch: Any, plan: RunPlan, progress: Optional[ProgressFn],
         summary = run_planned(launch, _train_process, (request, progress))
     except KeyboardInterrupt:
         raise TrainInterrupted(plan.run_dir) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # "run the same command again" would start a new run when no output folder was named: say how to continue
+        where = f" {exc.filename}" if exc.filename is not None else ""
+        raise MdprError(f"Cannot write{where}: {describe_os_error(exc)}; free some space, then continue the run "
+                        f"with --resume {plan.run_dir} (the last checkpoint is kept).") from None
     if not launch.is_main:
         return None
     if summary is None:  # spawned workers: rank 0 wrote the summary

@@ -83,6 +83,26 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path: Path, weights: Path) ->
     assert again.exit_code == 0 and "Nothing new to extract" in again.stdout
 
 
+def test_json_names_the_store_counts_and_failed_images(tmp_path: Path, weights: Path) -> None:
+    import json
+
+    images = tmp_path / "imgs"
+    make_crops(images, 4)
+    (images / "cam1" / "0009_c1s1_000100_00.jpg").write_bytes(b"this is not a jpeg")
+    out = tmp_path / "feats.h5"
+    result = _extract("--images", str(images), "--weights", str(weights), "--output", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stdout is the one JSON object; progress went to stderr
+    assert report["store"] == str(out) and report["rows"] == 4 and report["added"] == 4
+    assert report["already_stored"] == 0 and report["dim"] == TINY_DIM
+    assert [f["path"] for f in report["failed"]] == ["cam1/0009_c1s1_000100_00.jpg"]
+    assert report["failed"][0]["reason"]
+    again = json.loads(_extract("--images", str(images), "--weights", str(weights), "--output", str(out),
+                                "--json").stdout)
+    # the unreadable image is recorded in the store too, so it is skipped with the others, not retried
+    assert (again["added"], again["already_stored"], again["rows"], again["failed"]) == (0, 5, 4, [])
+
+
 def test_append_half_flip_and_refusals(tmp_path: Path, weights: Path) -> None:
     images = tmp_path / "imgs"
     make_crops(images, 5)

@@ -110,3 +110,22 @@ def test_query_refuses_a_recorded_checkpoint_that_is_gone_and_list_shows_it_miss
     store.unlink()
     listing = json.loads(mdpr("mdpr list stores --json").stdout)
     assert listing["entries"][-1]["missing"] is True
+
+
+def test_query_refuses_a_recorded_checkpoint_whose_weights_changed(tmp_path: Path) -> None:
+    from storekit import tiny_checkpoint
+
+    crops = tmp_path / "crops"
+    shutil.copytree(REAL_IMAGES, crops)
+    weights = tiny_checkpoint(tmp_path / "model.pt", seed=0)
+    store = tmp_path / "g.h5"
+    made = mdpr(f"mdpr extract --images {crops} --weights {weights} --output {store} --device cpu")
+    assert made.exit_code == 0, made.output
+    probe = crops / "0022_c6s1_002976_01.jpg"
+    assert mdpr(f"mdpr query {probe} --device cpu").exit_code == 0  # the recorded checkpoint, unchanged
+    tiny_checkpoint(weights, seed=1)  # retrained in place: same path, other weights
+    result = mdpr(f"mdpr query {probe} --device cpu")
+    assert result.exit_code == 2, result.output
+    assert f"The checkpoint {weights} that made {store} has changed since" in " ".join(result.stderr.split())
+    assert "--weights CKPT" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 2  # the note naming the store, then the one error sentence

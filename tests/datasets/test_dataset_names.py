@@ -174,3 +174,34 @@ def test_evaluate_and_extract_accept_an_alias(duke: Path) -> None:
         assert len(store) == len(load_dataset("dukemtmc").query)
     wrong = runner.invoke(app, ["evaluate", "--dataset", "dukee", "--weights", str(weights)])
     assert wrong.exit_code == 2 and "did you mean dukemtmc?" in " ".join(wrong.stderr.split())
+
+
+def test_export_measures_int8_accuracy_on_an_alias(duke: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from storekit import make_crops
+
+    weights = tiny_checkpoint(duke / "tiny.pt")
+    make_crops(duke / "calib", 8, size=(64, 32))
+    common = ["export", "-w", str(weights), "--int8", "--calibrate", str(duke / "calib"), "--max-map-drop", "100",
+              "--batch-sizes", "1"]
+    result = runner.invoke(app, [*common, "-o", str(duke / "m.onnx"), "--dataset", "Duke", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["int8"]["dataset"] == "dukemtmc"  # reported under its registered name
+    wrong = runner.invoke(app, [*common, "-o", str(duke / "w.onnx"), "--dataset", "dukee"])
+    assert wrong.exit_code == 2 and "did you mean dukemtmc?" in " ".join(wrong.stderr.split())
+    assert not (duke / "w.onnx").exists()
+
+
+def test_list_datasets_shows_the_registered_name_and_marks_a_deleted_root_missing(duke: Path) -> None:
+    import shutil
+
+    listed = runner.invoke(app, ["list", "datasets", "--json"])
+    assert listed.exit_code == 0, listed.output
+    entry = next(e for e in json.loads(listed.stdout)["entries"] if e["name"] == "dukemtmc")
+    assert entry["missing"] is False
+    table = runner.invoke(app, ["list", "datasets"])
+    assert table.exit_code == 0 and "dukemtmc" in table.stdout
+    shutil.rmtree(duke / "data")
+    gone = next(e for e in json.loads(runner.invoke(app, ["list", "datasets", "--json"]).stdout)["entries"]
+                if e["name"] == "dukemtmc")
+    assert gone["missing"] is True

@@ -86,3 +86,42 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
     for key in ("mAP", "rank1", "rank5", "mINP"):
         assert final_a[key] == final_b[key]
     assert len(_records(killed, "eval")) == 1 and len(_records(killed, "epoch")) == 2
+
+
+def test_ctrl_c_in_the_first_epoch_prints_the_resume_command_and_the_run_continues(tmp_path: Path) -> None:
+    """No --output: "the same command again" would start a new run, so Ctrl-C names `--resume RUN_DIR`."""
+    make_dataset(tmp_path / "data", train_ids=6, per_id=4)
+    sets = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=12"]
+    args = ["--dataset", "tiny", "--recipe", "demo-cpu", "--epochs", "1", "--eval-period", "0", "--init", "none",
+            *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen([sys.executable, "-m", "mdpr", "train", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    run = None
+    try:
+        while time.monotonic() < deadline and run is None:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            for metrics in (tmp_path / "runs").glob("*/metrics.jsonl"):
+                if any(json.loads(x).get("step", 0) >= 1 for x in metrics.read_text().splitlines()
+                       if x.strip().endswith("}")):
+                    run = metrics.parent
+            time.sleep(0.02)
+        assert run is not None, "the training never reached its first step"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    # the command as typed in the same folder (the run directory relative to it, as the run was named)
+    assert f"Continue the run with: mdpr train --resume {run.relative_to(tmp_path)}\n" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0  # written before the first step: an interrupt in epoch 1 is resumable
+    assert not (run / "model.pt").exists()
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "model.pt").is_file()
+    assert sorted(r["iteration"] for r in _records(run, "train")) == list(range(1, 13))

@@ -216,7 +216,7 @@ def test_full_disk_during_training_keeps_the_last_checkpoint_and_resume_continue
     monkeypatch.setattr(Trainer, "save_state", save_state)
     line = one_sentence(cli("train", "--dataset", "tiny", "--recipe", "demo-cpu", "--init", "none", "--output", run,
                             "--epochs", "3", "--eval-period", "-1", *_sets(fixed)), "the disk is full")
-    assert "last.pt" in line
+    assert "last.pt" in line and f"--resume {run}" in line  # not "the same command", which starts a new run
     assert read_torch_file(run / "last.pt")["epoch"] == 1
     monkeypatch.setattr(Trainer, "save_state", real)
     again = cli("train", "--resume", run)

@@ -76,7 +76,7 @@ def test_sigkill_and_ctrl_c_then_resume(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "Re-run the same command" in stderr
+    assert "Run the same command again to continue where it stopped" in stderr
     after_interrupt = _check_readable_without_duplicates(out)
     assert after_kill < after_interrupt < N_IMAGES
     assert not journal_path_for(out).exists()
