@@ -120,6 +120,38 @@ def _one_line_usage_errors() -> None:
 
 _one_line_usage_errors()
 
+#: --help's width when stdout is a file, a pipe or a CI log (typer would fold it at 80 columns).
+PIPED_HELP_WIDTH = 240
+
+
+def _wide_help_when_piped() -> None:
+    """--help wraps at the terminal's width, and at :data:`PIPED_HELP_WIDTH` when stdout is not a terminal
+    (unless the user chose a width with TERMINAL_WIDTH or COLUMNS)."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # pragma: no cover - typer without rich
+        return
+    original = rich_utils._get_rich_console
+    if getattr(original, "_mdpr", False):
+        return
+
+    def get_rich_console(stderr: bool = False) -> Console:
+        console = original(stderr)
+        stream = sys.stderr if stderr else sys.stdout
+        try:
+            terminal = stream.isatty()
+        except (AttributeError, ValueError):
+            terminal = False
+        if not terminal and not (os.environ.get("TERMINAL_WIDTH") or os.environ.get("COLUMNS")):
+            console.width = PIPED_HELP_WIDTH
+        return console
+
+    get_rich_console._mdpr = True  # type: ignore[attr-defined]
+    rich_utils._get_rich_console = get_rich_console
+
+
+_wide_help_when_piped()
+
 console = _console(stderr=False)
 err_console = _console(stderr=True)
 
@@ -132,7 +164,7 @@ class Backend(str, Enum):
 
 
 BACKEND_HELP = ("torch (default for a checkpoint), onnxruntime or openvino (exports the checkpoint once into a cache; "
-                "extras mdpr[onnx], mdpr[openvino]).")
+                "extras mdpr\\[onnx], mdpr\\[openvino]).")
 
 #: Exit status for a user error (bad input); typer's own usage errors also exit with 2.
 USER_ERROR = 2

@@ -40,6 +40,12 @@ def demo(
                                                          "cuda:N or mps."),
     name: str = typer.Option("demo", "--name", help="Name the demo dataset is registered under."),
     overrides: List[str] = typer.Option([], "--set", help="Override a demo-cpu recipe field, e.g. --set solver.base_lr=5e-4."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help="CPU threads for the model in every step (default: one per core; one "
+                                               "when the machine is already busy)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
+                                          help="Parallel image decoders in every step (0: decode in the main process; "
+                                               "default: each step's own)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (metrics, artefacts, commands) on "
                                                         "stdout; the steps' own output goes to stderr."),
 ) -> None:
@@ -47,7 +53,7 @@ def demo(
     from mdpr.workflows.demo import DemoRequest, run_demo
 
     request = DemoRequest(out=out or output, ids=ids, images_per_id=images_per_id, epochs=epochs, device=device,
-                          name=name, overrides=list(overrides))
+                          name=name, overrides=list(overrides), threads=threads, workers=workers)
     if json_out:
         with contextlib.redirect_stdout(sys.stderr):
             result = run_demo(request, _run_step)

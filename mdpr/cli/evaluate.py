@@ -88,7 +88,8 @@ def evaluate_command(
                                              help="Images per forward pass (default: the checkpoint's test batch size)."),
     old_num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, hidden=True, help="Old name of --workers."),
     num_workers: Optional[int] = typer.Option(None, "--workers", min=0, show_default=False,
-                                              help="Image-decoding processes (default: 1 on CPU, up to 8 on GPU)."),
+                                              help="Parallel image decoders, here processes (0: decode in the main "
+                                                                   "process; default: 1 on CPU, up to 8 on GPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),

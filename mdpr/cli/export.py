@@ -84,6 +84,12 @@ def export(
     max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8: mAP points the model may lose."),
     force: bool = typer.Option(False, "--force", help="INT8: write the model even if it loses more (or unmeasured)."),
     device: str = typer.Option("auto", "--device", help="INT8: device of the fp32 reference evaluation."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help="CPU threads for the model (default: one per core; one when the "
+                                               "machine is already busy)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
+                                          help="INT8: parallel image decoders of the evaluation, here processes (0: "
+                                               "decode in the main process)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Export the eval model and compare the exported file with PyTorch on several batch sizes."""
@@ -104,7 +110,7 @@ def export(
         target=target.value if target is not None else None, batch_sizes=_parse_sizes(batch_sizes), opset=opset,
         int8=int8, calibrate=calibrate, calibration_images=calibration_images,
         calibration_method=calibration_method.value, dataset=dataset, max_map_drop=max_map_drop, force=force,
-        device=device,
+        device=device, threads=threads, workers=workers,
     )
     notes: List[str] = []
     with StageProgress(err_console) as progress:

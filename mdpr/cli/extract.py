@@ -57,7 +57,8 @@ def extract(
                                                          "cuda:N or mps."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
-                                          help="Image-decoding processes (default: 1 on CPU, up to 8 on GPU).",
+                                          help="Parallel image decoders, here processes (0: decode in the main process; "
+                                               "default: 1 on CPU, up to 8 on GPU).",
                                           show_default=False),
     flip: bool = typer.Option(False, "--flip", help="Average each feature with the horizontally flipped image's."),
     half: bool = typer.Option(False, "--half", help="Store float16 features (half the disk space)."),

@@ -45,7 +45,8 @@ def prepare(
     verify: bool = typer.Option(
         False, "--verify", help="Decode every image in parallel; report unreadable ones and leave them out."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads for --verify (default: up to 8)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Parallel image decoders for --verify, here "
+                                                                      "threads (0 or 1: the main thread; default: up to 8)."),
     with_distractors: bool = typer.Option(
         False, "--with-distractors", help="market1501: add the 500k distractors (images/) to the gallery."
     ),

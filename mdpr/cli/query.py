@@ -62,7 +62,8 @@ def query(
                                               help=BACKEND_HELP),
     mixed_precision: bool = typer.Option(False, "--allow-mixed-precision",
                                          help="Accept INT8 probes against fp32 rows (or the reverse)."),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the probe images."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Parallel image decoders, here threads (0 or 1: decode in "
+                                                         "the main thread)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),

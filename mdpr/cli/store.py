@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mdpr.cli.app import app, command, console, err_console, print_json
+from mdpr.errors import MdprError
 
 store_app = typer.Typer(name="store", help="Operations on a whole feature store.", no_args_is_help=True,
                         rich_markup_mode="rich")
@@ -21,14 +22,16 @@ app.add_typer(store_app, name="store")
     help="Write a store's rows (row, path, pid, camid, feature) as Parquet files for a vector database.",
     epilog=(
         "Examples:\n\n"
-        "  mdpr store export feats.h5 --parquet feats-parquet/\n\n"
+        "  mdpr store export feats.h5 --output feats-parquet/\n\n"
         "Milvus, Qdrant and LanceDB import such folders in bulk. Needs the optional extra: "
         "pip install \"mdpr\\[parquet]\"."
     ),
 )
 def export(
     gallery: Path = typer.Argument(..., help="Feature store written by `mdpr extract`.", show_default=False),
-    parquet: Path = typer.Option(..., "--parquet", help="Folder to write the Parquet files into (new or empty)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
+                                          help="Folder to write the Parquet files into (new or empty)."),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", hidden=True, help="Old name of --output."),
     rows_per_file: Optional[int] = typer.Option(None, "--rows-per-file", min=1, show_default=False,
                                                 help="Rows per Parquet file (default 65536)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
@@ -37,8 +40,13 @@ def export(
     from mdpr.cli.progress import StageProgress
     from mdpr.workflows.store import export_store_parquet
 
+    if output is not None and parquet is not None and output != parquet:
+        raise MdprError("--parquet is the old name of --output; pass only one of them.")
+    folder = output or parquet
+    if folder is None:
+        raise MdprError("Say where to write the Parquet files with --output DIR (a new or empty folder).")
     with StageProgress(err_console) as bar:
-        result = export_store_parquet(gallery, parquet, rows_per_file=rows_per_file, progress=bar)
+        result = export_store_parquet(gallery, folder, rows_per_file=rows_per_file, progress=bar)
     if as_json:
         print_json(result.to_json())
     else:

@@ -226,7 +226,8 @@ def train(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
-                                          help="Image-decoding processes (= --set dataloader.num_workers=N)."),
+                                          help="Parallel image decoders, here processes (0: decode in the main "
+                                               "process; = --set dataloader.num_workers=N)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, show_default=False,
                                           help="CPU threads of a one-process run (default: one per core)."),
     init: Optional[str] = typer.Option(

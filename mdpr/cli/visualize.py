@@ -32,7 +32,8 @@ def visualize_attention(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Threads decoding the images."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Parallel image decoders, here threads (0 or 1: "
+                                                         "decode in the main thread)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
     """Write one PNG per image with the attention overlays."""

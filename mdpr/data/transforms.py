@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from PIL import Image
 
 from mdpr.config import InputConfig
 from mdpr.errors import MdprError
-
-if TYPE_CHECKING:
-    from torchvision.transforms import InterpolationMode
 
 # torchvision is imported only where it is used: importing it pulls in torch._dynamo (about 1.6 s on a
 # 2-core machine), which would double the start-up of `mdpr extract` / `mdpr query`.
@@ -41,13 +38,6 @@ def _check_interpolation(name: str) -> str:
     if name.lower() not in _INTERPOLATIONS:
         raise MdprError(f"Unknown interpolation '{name}'; use one of {', '.join(_INTERPOLATIONS)}.")
     return name.lower()
-
-
-def interpolation_mode(name: str) -> InterpolationMode:
-    """torchvision's ``InterpolationMode`` for ``name``."""
-    from torchvision.transforms import InterpolationMode
-
-    return InterpolationMode(_check_interpolation(name))
 
 
 def pil_resize(img: Image.Image, size: Tuple[int, int], interpolation: str) -> Image.Image:
@@ -217,8 +207,7 @@ class TrainTransform:
 
     def __init__(self, cfg: InputConfig) -> None:
         self.size = (int(cfg.size_train[0]), int(cfg.size_train[1]))
-        self.interpolation = cfg.interpolation
-        self._mode = interpolation_mode(cfg.interpolation)
+        self.interpolation = _check_interpolation(cfg.interpolation)
         self.flip_prob = float(cfg.flip_prob)
         self.padding = int(cfg.padding)
         self.autoaug_prob = float(cfg.autoaug_prob)
@@ -229,9 +218,7 @@ class TrainTransform:
             img = _auto_augment(img, rng.getrandbits(63))
         height, width = self.size
         if img.size != (width, height):
-            from torchvision.transforms import functional as TF
-
-            img = TF.resize(img, [height, width], interpolation=self._mode, antialias=True)
+            img = pil_resize(img, (height, width), self.interpolation)
         if self.padding > 0:
             # pad with zeros then crop back to size == shift by up to `padding` pixels (PIL fills with 0)
             dy = rng.randint(0, 2 * self.padding) - self.padding

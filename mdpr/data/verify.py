@@ -44,7 +44,7 @@ def verify_images(
     bad: List[Tuple[Path, str]] = []
     if total == 0:
         return bad
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=default_workers() if workers is None else max(1, workers)) as pool:
         # map() keeps the input order and streams results, so progress moves smoothly
         for done, (path, reason) in enumerate(zip(paths, pool.map(decode_error, paths, chunksize=16)), start=1):
             if reason is not None:

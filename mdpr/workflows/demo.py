@@ -31,6 +31,8 @@ class DemoRequest:
     device: str = "auto"
     name: str = "demo"
     overrides: List[str] = field(default_factory=list)
+    threads: Optional[int] = None  #: CPU threads of every step that runs the model (default: each step's own)
+    workers: Optional[int] = None  #: parallel image decoders of every step that decodes images
 
 
 @dataclass
@@ -78,6 +80,10 @@ def run_demo(request: DemoRequest, run_step: RunStep) -> DemoResult:
     probe = _first_query_image(request.name)
     query = ["query", str(probe), "--gallery", str(store), "--weights", str(weights), "--top-k", "5",
              "--output", str(picture), "--device", device]
+    runtime = [*(["--threads", str(request.threads)] if request.threads is not None else []),
+               *(["--workers", str(request.workers)] if request.workers is not None else [])]
+    for step in [train, evaluate, extract, query] + ([train_now] if train_now is not train else []):
+        step += runtime
     run_step(2, "Train (demo-cpu recipe)", train_now)
     run_step(3, "Evaluate on query/gallery", evaluate)
     run_step(4, "Index the gallery into an HDF5 feature store", extract)

@@ -13,6 +13,7 @@ from mdpr.errors import MdprError
 from mdpr.evaluation.pipeline import EvaluationResult, Note, Progress
 from mdpr.export import ExportReport, export_model
 from mdpr.fileio import replace_durably
+from mdpr.runtime import cpu_threads
 
 __all__ = ["ExportRequest", "ExportResult", "Int8Summary", "run_export"]
 
@@ -34,6 +35,8 @@ class ExportRequest:
     max_map_drop: float = 1.0  #: mAP points the INT8 model may lose
     force: bool = False  #: write the INT8 model even when it loses more (or was not measured)
     device: str = "auto"  #: where the fp32 reference is evaluated
+    threads: Optional[int] = None  #: CPU threads for the model (parity checks, INT8 evaluation)
+    workers: Optional[int] = None  #: parallel image decoders of the INT8 evaluation
 
 
 @dataclass
@@ -100,6 +103,12 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None, note
     weights = Path(request.weights).expanduser()
     if not weights.is_file():
         raise MdprError(f"Checkpoint {weights} does not exist; pass the path of a .pt/.pth file (weights).")
+    with cpu_threads(request.threads):
+        return _run_export(request, weights, progress, note)
+
+
+def _run_export(request: ExportRequest, weights: Path, progress: Optional[Progress],
+                note: Optional[Note]) -> ExportResult:
     if request.int8:
         return _run_int8(request, weights, progress, note)
     if request.calibrate is not None or request.dataset is not None:
@@ -161,7 +170,7 @@ def _run_int8(request: ExportRequest, weights: Path, progress: Optional[Progress
                               manifest.name if manifest is not None else None,
                               max_map_drop=float(request.max_map_drop), forced=request.force)
         if manifest is not None:
-            _measure(summary, weights, tmp / "int8.onnx", backend, manifest, request.device, progress)
+            _measure(summary, weights, tmp / "int8.onnx", backend, manifest, request, progress)
             drop = summary.map_drop
             assert drop is not None and summary.fp32 is not None and summary.int8 is not None
             if drop > request.max_map_drop and not request.force:
@@ -195,8 +204,8 @@ def _run_int8(request: ExportRequest, weights: Path, progress: Optional[Progress
     return ExportResult(report, summary, list(report.notes))
 
 
-def _measure(summary: Int8Summary, weights: Path, int8_file: Path, backend: str, manifest: Any, device: str,
-             progress: Optional[Progress]) -> None:
+def _measure(summary: Int8Summary, weights: Path, int8_file: Path, backend: str, manifest: Any,
+             request: ExportRequest, progress: Optional[Progress]) -> None:
     """Metrics of PyTorch fp32 and of the INT8 file on ``manifest``, through the one evaluation pipeline."""
     from mdpr.inference import FeatureExtractor
     from mdpr.workflows.evaluate import evaluate_extractor
@@ -206,5 +215,7 @@ def _measure(summary: Int8Summary, weights: Path, int8_file: Path, backend: str,
             return None
         return lambda stage, done, total: progress(f"{name}:{stage}", done, total)
 
-    summary.fp32 = evaluate_extractor(FeatureExtractor(weights, device=device), manifest, progress=staged("fp32"))
-    summary.int8 = evaluate_extractor(FeatureExtractor(int8_file, backend=backend), manifest, progress=staged("int8"))
+    fp32 = FeatureExtractor(weights, device=request.device, num_workers=request.workers, threads=request.threads)
+    summary.fp32 = evaluate_extractor(fp32, manifest, progress=staged("fp32"))
+    int8 = FeatureExtractor(int8_file, backend=backend, num_workers=request.workers, threads=request.threads)
+    summary.int8 = evaluate_extractor(int8, manifest, progress=staged("int8"))

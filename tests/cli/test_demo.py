@@ -35,10 +35,13 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     with h5py.File(out / "gallery.h5", "r") as f:
         assert f["features"].shape[0] == len(f["paths"]) > 0
 
-    # a second run reuses the data and the finished training run
-    again = runner.invoke(app, ["demo", "--out", str(out), *TINY])
+    # a second run reuses the data and the finished training run; --threads/--workers reach every model step
+    again = runner.invoke(app, ["demo", "--out", str(out), *TINY, "--threads", "1", "--workers", "0"])
     assert again.exit_code == 0, again.output
     assert "reused the demo" in again.stdout and "--resume" in again.stdout
+    steps = [line for line in again.stdout.splitlines() if line.startswith("$ mdpr ")]
+    assert [line.split()[2] for line in steps] == ["prepare", "train", "evaluate", "extract", "query"]
+    assert all(line.endswith("--threads 1 --workers 0") for line in steps[1:]), steps
 
 
 def test_demo_refuses_a_file_as_output(tmp_path: Path) -> None:

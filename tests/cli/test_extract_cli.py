@@ -263,22 +263,32 @@ def test_fingerprint_is_cached_per_weights_file(tmp_path: Path, monkeypatch: pyt
     assert second.fingerprint == state_dict_fingerprint(second.model.state_dict())
 
 
-def test_test_transform_equals_torchvision_resize_and_skips_its_import() -> None:
+def test_test_and_train_resize_equal_torchvision_and_skip_its_import() -> None:
+    import random
     import subprocess
     import sys
 
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    from mdpr.data.transforms import TestTransform, interpolation_mode, pil_resize, to_tensor_255
+    from mdpr.config import InputConfig
+    from mdpr.data.transforms import TestTransform, TrainTransform, pil_resize, to_tensor_255
 
     img = Image.open(sorted(REAL_IMAGES.glob("*.jpg"))[0]).convert("RGB")
     for name in ("nearest", "bilinear", "bicubic", "lanczos"):
+        mode = InterpolationMode(name)
         for size in ((384, 192), (64, 32)):
             ours = np.asarray(pil_resize(img, size, name))
-            theirs = np.asarray(TF.resize(img, list(size), interpolation=interpolation_mode(name), antialias=True))
+            theirs = np.asarray(TF.resize(img, list(size), interpolation=mode, antialias=True))
             np.testing.assert_array_equal(ours, theirs)
-        expected = to_tensor_255(TF.resize(img, [384, 192], interpolation=interpolation_mode(name), antialias=True))
+        expected = to_tensor_255(TF.resize(img, [384, 192], interpolation=mode, antialias=True))
         assert torch.equal(TestTransform((384, 192), name)(img), expected)
-    # extract / query start-up: importing the extraction path must not pull in torchvision (+1.6 s)
-    code = "import sys, mdpr.inference, mdpr.cli.query; assert 'torchvision' not in sys.modules"
+        plain = InputConfig(size_train=[384, 192], interpolation=name, flip_prob=0.0, padding=0, autoaug_prob=0.0,
+                            random_erasing_prob=0.0)
+        assert torch.equal(TrainTransform(plain)(img, random.Random(0)), expected)
+    # extract / query / train start-up: importing the extraction path or building the training augmentation must
+    # not pull in torchvision (+2 s on 2 cores)
+    code = ("import sys, mdpr.inference, mdpr.cli.query; from mdpr.config import InputConfig; "
+            "from mdpr.data.transforms import build_train_transform; build_train_transform(InputConfig()); "
+            "assert 'torchvision' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""``mdpr index build|update|info`` and ``mdpr store export --parquet`` from the command line."""
+"""``mdpr index build|update|info`` and ``mdpr store export --output`` from the command line."""
 
 from __future__ import annotations
 
@@ -54,8 +54,12 @@ def test_index_build_auto_and_bad_settings(tmp_path: Path) -> None:
 def test_store_export_parquet(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     store = make_store(tmp_path / "g.h5", n=300, dim=16)
-    result = runner.invoke(app, ["store", "export", str(store), "--parquet", str(tmp_path / "pq"), "--json"])
+    result = runner.invoke(app, ["store", "export", str(store), "-o", str(tmp_path / "pq"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["rows"] == 300
     table = pq.read_table(tmp_path / "pq")
     assert table.num_rows == 300 and np.stack(table["feature"].to_numpy(zero_copy_only=False)).shape == (300, 16)
+    old_name = runner.invoke(app, ["store", "export", str(store), "--parquet", str(tmp_path / "old"), "--json"])
+    assert old_name.exit_code == 0 and json.loads(old_name.stdout)["rows"] == 300  # hidden alias for one release
+    missing = runner.invoke(app, ["store", "export", str(store)])
+    assert missing.exit_code == 2 and "--output DIR" in missing.stderr

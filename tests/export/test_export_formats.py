@@ -154,3 +154,22 @@ def test_file_without_mdpr_metadata_is_refused(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
     with pytest.raises(MdprError, match="not written by `mdpr export`"):
         read_export_metadata(tmp_path / "other.onnx")
+
+
+def test_export_runs_on_the_requested_threads_and_restores_the_callers(tmp_path: Path, monkeypatch) -> None:
+    import mdpr.workflows.export as workflow
+
+    seen = []
+
+    class Report:
+        notes: list = []
+
+    def export_model(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return Report()
+
+    monkeypatch.setattr(workflow, "export_model", export_model)
+    weights = tiny_checkpoint(tmp_path / "tiny.pt")
+    before = torch.get_num_threads()
+    workflow.run_export(workflow.ExportRequest(weights=weights, output=tmp_path / "m.onnx", threads=1))
+    assert seen == [1] and torch.get_num_threads() == before

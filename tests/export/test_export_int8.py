@@ -47,7 +47,8 @@ def test_int8_export_reports_the_map_change(setup, tmp_path: Path) -> None:
     assert (extractor.backend, extractor.precision, extractor.feature_dim) == ("onnxruntime", "int8", TINY_DIM)
 
     table = runner.invoke(app, ["export", "-w", str(ckpt), "-o", str(tmp_path / "t.onnx"), "--int8", "--calibrate",
-                                str(calib), "--dataset", "tiny", "--max-map-drop", "100", "--batch-sizes", "1"])
+                                str(calib), "--dataset", "tiny", "--max-map-drop", "100", "--batch-sizes", "1",
+                                "--threads", "1", "--workers", "0"])
     assert table.exit_code == 0, table.output
     assert "INT8 accuracy on tiny" in table.stdout and "change (points)" in table.stdout
 
