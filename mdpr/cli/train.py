@@ -11,7 +11,6 @@ import typer
 from rich.markup import escape
 
 from mdpr.cli.app import command, console, err_console, in_flag_terms, print_json
-from mdpr.runtime import prefer_passive_openmp_wait
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -168,7 +167,8 @@ def _summary_table(summary: Dict[str, Any]) -> Any:
 
 
 #: Library argument names -> this command's flags, for error messages.
-_FLAGS = {"gpus N": "--gpus N", "procs N": "--procs N", "overrides key=value": "--set key=value",
+_FLAGS = {"gpus N": "--gpus N", "procs N": "--procs N", "gpus": "--gpus", "procs": "--procs",
+          "overrides key=value": "--set key=value",
           "output DIR": "--output DIR", "recipe NAME": "--recipe NAME", "dataset NAME": "--dataset NAME",
           "model.init": "--init"}
 
@@ -247,6 +247,8 @@ def train(
                                                           "iterations, learning rates) without training."),
 ) -> None:
     """Train MDPR with the paper's recipe (or demo-cpu), writing checkpoints, metrics and a plot to a run directory."""
+    from mdpr.runtime import prefer_passive_openmp_wait
+
     prefer_passive_openmp_wait()  # before the workflow imports torch
     from mdpr.workflows.train import TrainInterrupted, TrainOptions, train_run
 

@@ -492,14 +492,17 @@ def _split_queries(rng: np.random.Generator, cams: List[int]) -> List[int]:
 
 def _check_params(params: DemoParams) -> None:
     if params.num_ids < 3:
-        raise MdprError(f"--ids must be at least 3 (train and test identities are disjoint), got {params.num_ids}.")
+        raise MdprError(f"ids must be at least 3 (train and test identities are disjoint), got {params.num_ids}.",
+                        keys=["ids"])
     if params.images_per_id < 2:
-        raise MdprError(f"--images-per-id must be at least 2 (a query and a gallery match), got {params.images_per_id}.")
+        raise MdprError(f"images_per_id must be at least 2 (a query and a gallery match), got {params.images_per_id}.",
+                        keys=["images_per_id"])
     if not 2 <= params.cameras <= 9:
-        raise MdprError(f"--cameras must be between 2 and 9 (Market-style names c1..c9), got {params.cameras}.")
+        raise MdprError(f"cameras must be between 2 and 9 (Market-style names c1..c9), got {params.cameras}.",
+                        keys=["cameras"])
     h, w = params.size
     if h < 32 or w < 16:
-        raise MdprError(f"--size must be at least 32x16 (height x width), got {h}x{w}.")
+        raise MdprError(f"size must be at least 32x16 (height x width), got {h}x{w}.", keys=["size"])
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -507,7 +510,7 @@ def parse_size(text: str) -> Tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().replace("*", "x").split("x"))
     except ValueError:
-        raise MdprError(f"--size must be HEIGHTxWIDTH such as 128x64, got '{text}'.") from None
+        raise MdprError(f"size must be HEIGHTxWIDTH such as 128x64, got '{text}'.", keys=["size"]) from None
     return h, w
 
 

@@ -95,32 +95,36 @@ def torchrun_env() -> Optional[dict]:
 
 
 def plan_processes(gpus: Optional[int], procs: Optional[int], device: str = "auto") -> tuple:
-    """Validate ``--gpus`` / ``--procs`` / ``--device``: returns ``(nprocs, backend, device_type)``.
+    """Validate ``gpus`` / ``procs`` / ``device``: returns ``(nprocs, backend, device_type)``.
 
     ``backend`` is None for a single process. Raises a one-sentence MdprError for impossible requests.
     """
     if gpus is not None and procs is not None:
-        raise MdprError("Use either --gpus N (one process per GPU) or --procs N (CPU processes), not both.")
+        raise MdprError("Use either gpus N (one process per GPU) or procs N (CPU processes), not both.",
+                        keys=["gpus N", "procs N"])
     if gpus is not None:
         if gpus < 1:
-            raise MdprError(f"--gpus must be at least 1, got {gpus}.")
+            raise MdprError(f"gpus must be at least 1, got {gpus}.", keys=["gpus"])
         if device not in ("auto", "cuda"):
-            raise MdprError(f"--gpus {gpus} runs on CUDA devices; drop --device {device} or use --procs on CPU.")
+            raise MdprError(f"gpus {gpus} runs on CUDA devices, not on the device {device}; leave the device at auto, "
+                            "or use procs N on the CPU.", keys=["gpus", "procs N"])
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if available < gpus:
             raise MdprError(
-                f"--gpus {gpus} needs {gpus} CUDA GPU(s) but this machine has {available}; "
-                f"use --gpus {available} or, without GPUs, --procs N to run N CPU processes."
+                f"gpus {gpus} needs {gpus} CUDA GPU(s) but this machine has {available}; "
+                f"use gpus {available} or, without GPUs, procs N to run N CPU processes."
                 if available
-                else f"--gpus {gpus} needs {gpus} CUDA GPU(s) but this machine has none; "
-                f"drop --gpus to train on the CPU, or use --procs {gpus} for {gpus} CPU processes."
+                else f"gpus {gpus} needs {gpus} CUDA GPU(s) but this machine has none; "
+                f"drop gpus to train on the CPU, or use procs {gpus} for {gpus} CPU processes.",
+                keys=["gpus", "procs N", "procs"],
             )
         return gpus, ("nccl" if gpus > 1 else None), "cuda"
     if procs is not None:
         if procs < 1:
-            raise MdprError(f"--procs must be at least 1, got {procs}.")
+            raise MdprError(f"procs must be at least 1, got {procs}.", keys=["procs"])
         if device not in ("auto", "cpu"):
-            raise MdprError(f"--procs runs CPU processes; use --gpus N for CUDA instead of --device {device}.")
+            raise MdprError(f"procs runs CPU processes, not on the device {device}; use gpus N for CUDA.",
+                            keys=["procs", "gpus N"])
         return procs, ("gloo" if procs > 1 else None), "cpu"
     return 1, None, None
 
@@ -250,8 +254,8 @@ def plan_launch(gpus: Optional[int], procs: Optional[int], device: str = "auto")
         ctx = init_from_torchrun(device)
         return LaunchPlan("torchrun", ctx.world_size, ctx.backend, ctx.device.type, ctx)
     if procs is not None and procs > usable_cpu_count():
-        raise MdprError(f"--procs {procs} asks for more processes than this machine's {usable_cpu_count()} usable "
-                        f"CPU core(s); use --procs {usable_cpu_count()} or fewer.")
+        raise MdprError(f"procs {procs} asks for more processes than this machine's {usable_cpu_count()} usable "
+                        f"CPU core(s); use procs {usable_cpu_count()} or fewer.", keys=["procs"])
     nprocs, backend, device_type = plan_processes(gpus, procs, device)
     return LaunchPlan("spawn" if nprocs > 1 else "single", nprocs, backend, device_type or device)
 

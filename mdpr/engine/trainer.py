@@ -94,7 +94,8 @@ class Trainer:
         self.chunks = max(1, int(self.cfg.solver.grad_accumulation))
         self.use_amp = bool(self.cfg.solver.amp) and self.device.type == "cuda"
         if self.cfg.train.sync_bn and self.ctx.world_size > 1 and self.device.type != "cuda":
-            raise MdprError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); drop it for --procs.")
+            raise MdprError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); set "
+                            "train.sync_bn=false to train in CPU processes.")
         self.hooks: List[HookBase] = list(default_hooks() if hooks is None else hooks)
         for hook in self.hooks:
             hook.trainer = self

@@ -140,7 +140,7 @@ def as_probes(probes: Any, dim: int) -> np.ndarray:
 def check_top_k(top_k: int) -> int:
     top_k = int(top_k)
     if top_k < 1:
-        raise MdprError(f"--top-k must be at least 1, not {top_k}.")
+        raise MdprError(f"top_k must be at least 1, not {top_k}.", keys=["top_k"])
     return top_k
 
 

@@ -69,10 +69,10 @@ def test_process_planning_errors() -> None:
         plan_processes(1, 2)
     with pytest.raises(MdprError, match="at least 1"):
         plan_processes(None, 0)
-    with pytest.raises(MdprError, match="--gpus N for CUDA"):
+    with pytest.raises(MdprError, match="gpus N for CUDA"):
         plan_processes(None, 2, device="cuda")
     if torch.cuda.device_count() < 3:
-        with pytest.raises(MdprError, match="--gpus 3 needs 3 CUDA GPU"):
+        with pytest.raises(MdprError, match="^gpus 3 needs 3 CUDA GPU"):  # library terms; the CLI says --gpus
             plan_processes(3, None)
     with pytest.raises(MdprError, match="Unknown device"):
         resolve_device("tpu:7x")
