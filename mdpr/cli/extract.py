@@ -36,7 +36,7 @@ class Split(str, Enum):
 
 _FLAGS = {"images FOLDER": "--images FOLDER", "dataset NAME": "--dataset NAME", "split": "--split",
           "threads": "--threads", "batch_size": "--batch-size", "weights CKPT": "--weights CKPT",
-          "output STORE.h5": "--output STORE.h5"}
+          "output STORE.h5": "--output STORE.h5", "flip": "--flip", "half": "--half"}
 
 
 @command("extract", resumable=True, flags=_FLAGS, help="Embed images into an HDF5 feature store (resumable; --append adds new images).",

@@ -118,10 +118,11 @@ class StoreMeta:
             raise MdprError(f"{where} holds {self.dim}-d features, not {other.dim}-d; write to another store.")
         if self.flip != other.flip:
             said = "with" if self.flip else "without"
-            raise MdprError(f"{where} was extracted {said} flip averaging (--flip); use the same option or another store.")
+            raise MdprError(f"{where} was extracted {said} averaging over mirrored images (flip); use the same "
+                            "option or another store.", keys=["flip"])
         if self.dtype != other.dtype:
-            said = "float16 (--half)" if self.dtype == "float16" else "float32 (no --half)"
-            raise MdprError(f"{where} stores {said} features; use the same precision or another store.")
+            said = "float16 (half)" if self.dtype == "float16" else "float32 (no half)"
+            raise MdprError(f"{where} stores {said} features; use the same precision or another store.", keys=["half"])
         if self.normalized != other.normalized:
             said = "L2-normalised" if self.normalized else "raw (not normalised)"
             raise MdprError(f"{where} stores {said} features; use the same setting or another store.")

@@ -126,7 +126,9 @@ def test_append_half_flip_and_refusals(tmp_path: Path, weights: Path) -> None:
                         "--append")
     assert mismatch.exit_code == 2 and "other weights" in mismatch.stderr
     no_flip = _extract("--images", str(images), "--weights", str(weights), "--output", str(out), "--half", "--append")
-    assert no_flip.exit_code == 2 and "flip" in no_flip.stderr
+    assert no_flip.exit_code == 2 and "averaging over mirrored images (--flip)" in " ".join(no_flip.stderr.split())
+    no_half = _extract("--images", str(images), "--weights", str(weights), "--output", str(out), "--flip", "--append")
+    assert no_half.exit_code == 2 and "float16 (--half) features" in " ".join(no_half.stderr.split())
 
 
 @pytest.mark.parametrize(
