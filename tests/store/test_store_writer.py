@@ -137,7 +137,7 @@ def test_mismatched_weights_or_options_are_refused(tmp_path: Path) -> None:
         StoreWriter(out, _meta(fingerprint="zzz"))
     with pytest.raises(MdprError, match="flip"):
         StoreWriter(out, _meta(flip=True))
-    with pytest.raises(MdprError, match="float32 .no --half"):
+    with pytest.raises(MdprError, match="float32 .no half"):  # library terms; `mdpr extract` says --half
         StoreWriter(out, _meta(dtype="float16"))
     # a stale journal from other weights is refused too (the store itself is gone)
     w = StoreWriter(tmp_path / "t.h5", _meta())
