@@ -163,6 +163,9 @@ class Backend(str, Enum):
     openvino = "openvino"
 
 
+#: The choices of --device, the same in every command (mdpr.runtime.resolve_device).
+DEVICE_HELP = "auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N or mps."
+
 BACKEND_HELP = ("torch (default for a checkpoint), onnxruntime or openvino (exports the checkpoint once into a cache; "
                 "extras mdpr\\[onnx], mdpr\\[openvino]).")
 

@@ -16,7 +16,7 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from mdpr.cli.app import command, console, print_json
+from mdpr.cli.app import DEVICE_HELP, command, console, print_json
 
 EXAMPLES = (
     "Examples:\n\n"
@@ -36,8 +36,7 @@ def demo(
     ids: int = typer.Option(100, "--ids", help="Identities in the synthetic dataset (half train, half test)."),
     images_per_id: int = typer.Option(16, "--images-per-id", help="Images per identity."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the demo-cpu recipe's)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
-                                                         "cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     name: str = typer.Option("demo", "--name", help="Name the demo dataset is registered under."),
     overrides: List[str] = typer.Option([], "--set", help="Override a demo-cpu recipe field, e.g. --set solver.base_lr=5e-4."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,

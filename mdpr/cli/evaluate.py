@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, print_json
+from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, print_json
 from mdpr.cli.progress import StageProgress
 
 EXAMPLES = """
@@ -82,8 +82,7 @@ def evaluate_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
                                           help="Folder to write the query.h5 and gallery.h5 feature stores into."),
     save_features: Optional[Path] = typer.Option(None, "--save-features", hidden=True, help="Old name of --output."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
-                                                         "cuda:N or mps (feature extraction)."),
+    device: str = typer.Option("auto", "--device", help="Where features are extracted: " + DEVICE_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, show_default=False,
                                              help="Images per forward pass (default: the checkpoint's test batch size)."),
     old_num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, hidden=True, help="Old name of --workers."),

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from mdpr.cli.app import command, console, err_console, print_json
+from mdpr.cli.app import DEVICE_HELP, command, console, err_console, print_json
 from mdpr.cli.progress import StageProgress
 from mdpr.errors import MdprError
 
@@ -83,7 +83,7 @@ def export(
                                           help="INT8: labelled dataset on which mAP and Rank-1 are compared."),
     max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8: mAP points the model may lose."),
     force: bool = typer.Option(False, "--force", help="INT8: write the model even if it loses more (or unmeasured)."),
-    device: str = typer.Option("auto", "--device", help="INT8: device of the fp32 reference evaluation."),
+    device: str = typer.Option("auto", "--device", help="INT8: where the fp32 reference is evaluated: " + DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, note_printer, print_json
+from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -53,8 +53,7 @@ def extract(
     output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
                                           help="Feature store to create, resume or append to (.h5); default for "
                                                "--images DIR: MDPR_HOME/stores/DIR.h5."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
-                                                         "cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
                                           help="Parallel image decoders, here processes (0: decode in the main process; "

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, Backend, command, console, err_console, note_printer, print_json
+from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, note_printer, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -50,8 +50,7 @@ def query(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write a ranked-list picture (PNG).",
                                           show_default=False),
     save: Optional[Path] = typer.Option(None, "--save", hidden=True, help="Old name of --output."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, "
-                                                         "cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     index: str = typer.Option("auto", "--index", help="auto (a fresh faiss index beside the store, else exact "
                                                        "search), exact, or the folder of an index."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, max=65536, show_default=False,

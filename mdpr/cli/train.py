@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import typer
 from rich.markup import escape
 
-from mdpr.cli.app import command, console, err_console, in_flag_terms, print_json
+from mdpr.cli.app import DEVICE_HELP, command, console, err_console, in_flag_terms, print_json
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -224,7 +224,7 @@ def train(
     checkpoint_period: Optional[int] = typer.Option(
         None, "--checkpoint-period", help="Also keep epoch_NNN.pt (e.g. epoch_010.pt) every N epochs (last.pt is written every epoch)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (single process)."),
+    device: str = typer.Option("auto", "--device", help="One process on: " + DEVICE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
                                           help="Parallel image decoders, here processes (0: decode in the main "
                                                "process; = --set dataloader.num_workers=N)."),

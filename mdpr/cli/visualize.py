@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mdpr.cli.app import command, console, print_json
+from mdpr.cli.app import DEVICE_HELP, command, console, print_json
 
 
 @command(
@@ -28,7 +28,7 @@ def visualize_attention(
     output: Path = typer.Option(Path("attention"), "--output", "-o", help="Folder for the PNG files."),
     out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old name of --output."),
     height: int = typer.Option(256, "--height", help="Height of each panel in the picture (pixels)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, show_default=False,
                                           help="CPU threads for the model (default: one per core; one when the "
                                                "machine is already busy)."),

@@ -47,3 +47,19 @@ def test_help_shows_no_internal_type_names() -> None:
             assert internal not in result.stdout, (args, internal)
         usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
         assert "{" not in usage, usage
+
+
+def test_device_offers_the_same_choices_in_every_command() -> None:
+    import typer
+
+    from mdpr.cli.app import DEVICE_HELP
+    from mdpr.cli.reference import _commands
+
+    with_device = {}
+    for name, cmd in _commands(typer.main.get_command(app)):
+        for param in cmd.params:
+            if "--device" in getattr(param, "opts", ()):
+                with_device[name] = param.help
+    assert {"demo", "train", "evaluate", "extract", "query", "visualize-attention", "export"} <= set(with_device)
+    for name, text in with_device.items():
+        assert text.endswith(DEVICE_HELP), (name, text)  # mps included, train too
