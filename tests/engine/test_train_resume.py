@@ -91,7 +91,7 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
 def test_ctrl_c_in_the_first_epoch_prints_the_resume_command_and_the_run_continues(tmp_path: Path) -> None:
     """No --output: "the same command again" would start a new run, so Ctrl-C names `--resume RUN_DIR`."""
     make_dataset(tmp_path / "data", train_ids=6, per_id=4)
-    sets = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=12"]
+    sets = [*TINY, "input.size_train=[32,16]", "input.size_test=[32,16]", "dataloader.steps_per_epoch=6"]
     args = ["--dataset", "tiny", "--recipe", "demo-cpu", "--epochs", "1", "--eval-period", "0", "--init", "none",
             *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.Popen([sys.executable, "-m", "mdpr", "train", *args], cwd=tmp_path,
@@ -124,4 +124,4 @@ def test_ctrl_c_in_the_first_epoch_prints_the_resume_command_and_the_run_continu
     result = CliRunner().invoke(app, ["train", "--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "model.pt").is_file()
-    assert sorted(r["iteration"] for r in _records(run, "train")) == list(range(1, 13))
+    assert sorted(r["iteration"] for r in _records(run, "train")) == list(range(1, 7))
