@@ -71,6 +71,13 @@ def test_json_shape_and_brute_force_agreement(gallery: dict) -> None:
         assert [r["path"] for r in o["results"]] == [paths[i] for i in order]
         np.testing.assert_allclose([r["distance"] for r in o["results"]], np.maximum(row[order], 0), atol=1e-5)
 
+    # --workers 0 decodes in the main thread, 2 in two threads: the same results (same range as other commands)
+    for workers in ("0", "2"):
+        again = _query(*map(str, probes), "--gallery", str(gallery["store"]), "--weights", str(gallery["weights"]),
+                       "--top-k", "4", "--json", "--threads", "1", "--workers", workers)
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout) == out
+
 
 def test_table_rerank_and_picture(gallery: dict) -> None:
     probe = sorted((gallery["images"] / "real").glob("*.jpg"))[0]
