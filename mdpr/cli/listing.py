@@ -45,13 +45,13 @@ def list_command(
     table = Table(title=f"mdpr {kind.value}", title_justify="left")
     for _, title in _COLUMNS[kind.value]:
         table.add_column(title)
-    table.add_column("")
+    table.add_column("files")
     for entry in listing.entries:
         metrics = entry.get("final_metrics") or {}
         cells = []
         for key, _ in _COLUMNS[kind.value]:
             value = entry.get(key, metrics.get(key, ""))
             cells.append(f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else ""))
-        cells.append("[red]missing[/]" if entry.get("missing") else "")
+        cells.append("[red]missing[/]" if entry.get("missing") else "present")
         table.add_row(*cells)
     console.print(table)

@@ -200,8 +200,9 @@ def test_list_datasets_shows_the_registered_name_and_marks_a_deleted_root_missin
     entry = next(e for e in json.loads(listed.stdout)["entries"] if e["name"] == "dukemtmc")
     assert entry["missing"] is False
     table = runner.invoke(app, ["list", "datasets"])
-    assert table.exit_code == 0 and "dukemtmc" in table.stdout
+    assert table.exit_code == 0 and "dukemtmc" in table.stdout and "present" in table.stdout
     shutil.rmtree(duke / "data")
     gone = next(e for e in json.loads(runner.invoke(app, ["list", "datasets", "--json"]).stdout)["entries"]
                 if e["name"] == "dukemtmc")
     assert gone["missing"] is True
+    assert "missing" in runner.invoke(app, ["list", "datasets"]).stdout
