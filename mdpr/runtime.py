@@ -178,14 +178,14 @@ def torch_threads(count: Optional[int]) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    change = count is not None and count != before
-    if change:
-        torch.set_num_threads(int(count))  # type: ignore[arg-type]
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(int(count))
     try:
         yield
     finally:
-        if change:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -104,13 +103,3 @@ def test_threads_checkpoint_reads_and_fsyncs_have_one_home() -> None:
                 found.append(f"mdpr/{rel}:{line} calls {'.'.join(call)} (its home is mdpr/{home})")
     assert not found, "\n".join(found)
 
-
-def test_openmp_wait_policy_is_set_by_the_runtime_only_when_the_user_did_not(monkeypatch) -> None:
-    from mdpr.runtime import prefer_passive_openmp_wait
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    prefer_passive_openmp_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    prefer_passive_openmp_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
