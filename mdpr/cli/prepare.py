@@ -116,4 +116,7 @@ def prepare(
         console.print("[green]All images decode.[/]")
     console.print(f"Root: {manifest.root}", highlight=False)
     console.print(f"Manifest: {result.manifest_path}", highlight=False)
-    console.print(f"Use it with [bold]--dataset {manifest.name}[/].")
+    aka = f" (or --dataset {dataset}, as you typed it)" if dataset.lower() != manifest.name.lower() and not name else ""
+    console.print(f"Use it with [bold]--dataset {manifest.name}[/]{aka}.", highlight=False)
+    console.print(f"Next: train on it with [bold]mdpr train --dataset {manifest.name}[/]", highlight=False,
+                  soft_wrap=True)

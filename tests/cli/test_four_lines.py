@@ -38,6 +38,8 @@ def test_the_four_lines_work_as_typed(tmp_path: Path, monkeypatch: pytest.Monkey
     prepared = mdpr("mdpr prepare duke data")
     assert prepared.exit_code == 0, prepared.output
     assert "dukemtmc" in prepared.stdout
+    assert "(or --dataset duke, as you typed it)" in prepared.stdout
+    assert "Next: train on it with mdpr train --dataset dukemtmc" in prepared.stdout
 
     trained = mdpr("mdpr train --dataset duke --recipe demo-cpu --epochs 1")
     assert trained.exit_code == 0, trained.output
