@@ -199,7 +199,8 @@ def _own_process(args: List[str]) -> bool:
     """Commands that load ONNX Runtime / OpenVINO or start processes run as a reader's shell runs them, in a
     process of their own (those runtimes bring native thread pools and signal handlers); the others run in this
     process through the same typer app, which saves a Python and torch start-up (seconds) per command."""
-    return args[:1] == ["export"] or any(a in args for a in ("--backend", "--procs", "--gpus"))
+    torchscript = args[:1] == ["export"] and _option_value(args, "--format")[1] == "torchscript"
+    return (args[:1] == ["export"] and not torchscript) or any(a in args for a in ("--backend", "--procs", "--gpus"))
 
 
 def _run(args: List[str], cwd: Path, env: Dict[str, str]) -> Tuple[int, str, str]:
