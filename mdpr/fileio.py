@@ -69,11 +69,12 @@ def replace_durably(src: PathLike, dst: PathLike) -> None:
     rename cannot replace a non-empty folder.
     """
     source, target = Path(src), Path(dst)
-    if source.is_dir():
+    folder = source.is_dir()
+    if folder:
         fsync_dir(source)
     else:
         fsync_file(source)
-    if source.is_dir() and target.is_dir() and any(target.iterdir()):
+    if folder and target.is_dir() and any(target.iterdir()):
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)

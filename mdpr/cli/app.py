@@ -34,15 +34,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _is_terminal(stderr: bool) -> bool:
+    """Whether stderr (or stdout) is a terminal, at the time of the call (CliRunner swaps the streams)."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _console(stderr: bool) -> Console:
     """Rich consoles that wrap at the terminal's width, and not at all (no 80-column folding of paths and
     messages) when the output is a file, a pipe or a CI log."""
-    stream = sys.stderr if stderr else sys.stdout
-    try:
-        terminal = stream.isatty()
-    except (AttributeError, ValueError):
-        terminal = False
-    return Console(stderr=stderr) if terminal else Console(stderr=stderr, width=100_000, soft_wrap=True)
+    if _is_terminal(stderr):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=100_000, soft_wrap=True)
 
 
 def _readable_type(label: Optional[str]) -> Optional[str]:
@@ -137,12 +143,7 @@ def _wide_help_when_piped() -> None:
 
     def get_rich_console(stderr: bool = False) -> Console:
         console = original(stderr)
-        stream = sys.stderr if stderr else sys.stdout
-        try:
-            terminal = stream.isatty()
-        except (AttributeError, ValueError):
-            terminal = False
-        if not terminal and not (os.environ.get("TERMINAL_WIDTH") or os.environ.get("COLUMNS")):
+        if not _is_terminal(stderr) and not (os.environ.get("TERMINAL_WIDTH") or os.environ.get("COLUMNS")):
             console.width = PIPED_HELP_WIDTH
         return console
 
@@ -165,6 +166,8 @@ class Backend(str, Enum):
 
 #: The choices of --device, the same in every command (mdpr.runtime.resolve_device).
 DEVICE_HELP = "auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N or mps."
+#: --threads, the same in every command that runs the model (mdpr.runtime.choose_cpu_threads).
+THREADS_HELP = "CPU threads for the model (default: one per core; one when the machine is already busy)."
 
 BACKEND_HELP = ("torch (default for a checkpoint), onnxruntime or openvino (exports the checkpoint once into a cache; "
                 "extras mdpr\\[onnx], mdpr\\[openvino]).")

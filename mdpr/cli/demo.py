@@ -16,7 +16,7 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from mdpr.cli.app import DEVICE_HELP, command, console, print_json
+from mdpr.cli.app import DEVICE_HELP, THREADS_HELP, command, console, print_json
 
 EXAMPLES = (
     "Examples:\n\n"
@@ -40,8 +40,7 @@ def demo(
     name: str = typer.Option("demo", "--name", help="Name the demo dataset is registered under."),
     overrides: List[str] = typer.Option([], "--set", help="Override a demo-cpu recipe field, e.g. --set solver.base_lr=5e-4."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model in every step (default: one per core; one "
-                                               "when the machine is already busy)."),
+                                          help="In every step: " + THREADS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
                                           help="Parallel image decoders in every step (0: decode in the main process; "
                                                "default: each step's own)."),

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, print_json
+from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, THREADS_HELP, Backend, command, console, err_console, print_json
 from mdpr.cli.progress import StageProgress
 
 EXAMPLES = """
@@ -90,8 +90,7 @@ def evaluate_command(
                                               help="Parallel image decoders, here processes (0: decode in the main "
                                                                    "process; default: 1 on CPU, up to 8 on GPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core; one when the "
-                                               "machine is already busy)."),
+                                          help=THREADS_HELP),
     backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
                                               help=BACKEND_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from mdpr.cli.app import DEVICE_HELP, command, console, err_console, print_json
+from mdpr.cli.app import DEVICE_HELP, THREADS_HELP, command, console, err_console, print_json
 from mdpr.cli.progress import StageProgress
 from mdpr.errors import MdprError
 
@@ -85,8 +85,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="INT8: write the model even if it loses more (or unmeasured)."),
     device: str = typer.Option("auto", "--device", help="INT8: where the fp32 reference is evaluated: " + DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core; one when the "
-                                               "machine is already busy)."),
+                                          help=THREADS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, max=64, show_default=False,
                                           help="INT8: parallel image decoders of the evaluation, here processes (0: "
                                                "decode in the main process)."),

@@ -10,7 +10,17 @@ from typing import Any, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, note_printer, print_json
+from mdpr.cli.app import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    THREADS_HELP,
+    Backend,
+    command,
+    console,
+    err_console,
+    note_printer,
+    print_json,
+)
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -65,8 +75,7 @@ def extract(
     checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", min=0.0,
                                            help="Seconds between refreshes of the store file during a long run."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core; one when the "
-                                               "machine is already busy)."),
+                                          help=THREADS_HELP),
     backend: Optional[Backend] = typer.Option(None, "--backend", show_default=False,
                                               help=BACKEND_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (store, counts, failed images) "

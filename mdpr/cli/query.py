@@ -8,7 +8,17 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from mdpr.cli.app import BACKEND_HELP, DEVICE_HELP, Backend, command, console, err_console, note_printer, print_json
+from mdpr.cli.app import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    THREADS_HELP,
+    Backend,
+    command,
+    console,
+    err_console,
+    note_printer,
+    print_json,
+)
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -64,8 +74,7 @@ def query(
     workers: int = typer.Option(1, "--workers", min=0, help="Parallel image decoders, here threads (0 or 1: decode in "
                                                          "the main thread)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
-                                          help="CPU threads for the model (default: one per core; one when the "
-                                               "machine is already busy)."),
+                                          help=THREADS_HELP),
 ) -> None:
     """Embed the probe image(s) with the store's model and list the nearest gallery images.
 

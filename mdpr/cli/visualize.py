@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mdpr.cli.app import DEVICE_HELP, command, console, print_json
+from mdpr.cli.app import DEVICE_HELP, THREADS_HELP, command, console, print_json
 
 
 @command(
@@ -30,8 +30,7 @@ def visualize_attention(
     height: int = typer.Option(256, "--height", help="Height of each panel in the picture (pixels)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, show_default=False,
-                                          help="CPU threads for the model (default: one per core; one when the "
-                                               "machine is already busy)."),
+                                          help=THREADS_HELP),
     workers: int = typer.Option(1, "--workers", min=0, help="Parallel image decoders, here threads (0 or 1: "
                                                          "decode in the main thread)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
